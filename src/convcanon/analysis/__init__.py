@@ -1,0 +1,1 @@
+"""Measuring models: parameters, multiply-accumulates, memory; experiments and the evidence report."""
