@@ -1,0 +1,158 @@
+"""The contract every model of the zoo keeps, checked for each name in list_models()."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+import pytest
+import torch
+from torch import nn
+
+import convcanon
+from convcanon.analysis.profile import count_macs, profile_model
+from convcanon.layers import ModelOutput, logits_of
+from convcanon.registry import model_info
+
+REQUIRED = {
+    "alexnet", "alexnet_owt", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "googlenet", "googlenet_bn", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "plain18", "plain34",
+    "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32", "plain44", "plain56",
+    "plain110", "alexnet_cifar", "vgg16_cifar", "vgg16_bn_cifar", "googlenet_cifar",
+}  # fmt: skip
+ALL = convcanon.list_models()
+
+
+def test_every_required_model_is_registered():
+    assert REQUIRED <= set(ALL), f"missing: {sorted(REQUIRED - set(ALL))}"
+
+
+@cache
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return convcanon.create_model(name, num_classes=7)
+
+
+def _small_input(model: nn.Module, name: str, batch: int = 2) -> torch.Tensor:
+    side = max(model.min_size, min(model_info(name).input_size[1], 64))
+    return torch.randn(batch, model.in_chans, side, side)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_output_shape_and_type_same_in_train_and_eval(name):
+    model = _model(name)
+    x = _small_input(model, name)
+    model.eval()
+    with torch.no_grad():
+        out_eval = model(x)
+    model.train()
+    with torch.no_grad():
+        out_train = model(x)
+    assert type(out_eval) is type(out_train)
+    assert logits_of(out_eval).shape == (2, 7)
+    assert logits_of(out_train).shape == (2, 7)
+    if isinstance(out_eval, ModelOutput):
+        assert out_eval.aux == ()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameter_receives_a_gradient(name):
+    model = _model(name)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    out = model(_small_input(model, name))
+    target = torch.arange(2) % 7
+    loss = nn.functional.cross_entropy(logits_of(out), target)
+    if isinstance(out, ModelOutput):
+        loss = loss + 0.3 * sum(nn.functional.cross_entropy(a, target) for a in out.aux)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"parameters without gradient: {missing[:8]}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wrong_input_is_rejected_with_the_expected_shape(name):
+    model = _model(name)
+    with pytest.raises(ValueError, match=rf"\(N, {model.in_chans}, H, W\)"):
+        model(torch.randn(1, model.in_chans + 1, 64, 64))
+    if model.min_size > 1:
+        tiny = model.min_size - 1
+        with pytest.raises(ValueError, match=str(model.min_size)):
+            model(torch.randn(1, model.in_chans, tiny, tiny))
+
+
+def test_unknown_model_lists_the_closest_names():
+    with pytest.raises(ValueError, match="resnet50") as err:
+        convcanon.create_model("resnet05")
+    assert "closest" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_num_classes_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="num_classes"):
+        convcanon.create_model("resnet20", num_classes=bad)
+
+
+def test_unknown_option_and_wrong_type_raise_value_error():
+    with pytest.raises(ValueError, match="no option 'residul'.*residual"):
+        convcanon.create_model("resnet20", residul=False)
+    with pytest.raises(ValueError, match="'residual'"):
+        convcanon.create_model("resnet20", residual="no")
+    with pytest.raises(ValueError, match="'activation'"):
+        convcanon.create_model("resnet20", activation="swish")
+
+
+# torchvision's published figures (GFLOPS column of its model table, which counts multiply-accumulates).
+# 1% tolerance: both counts are the same conv+linear MACs; the rounding of the published figure is 0.01 GMAC.
+@pytest.mark.parametrize(("name", "gmacs"), [("resnet50", 4.09), ("vgg16", 15.47), ("resnet18", 1.81)])
+def test_gmacs_match_torchvision_published_figures(name, gmacs):
+    measured = profile_model(name).gmacs
+    assert measured == pytest.approx(gmacs, rel=0.01)
+
+
+def test_meta_profile_equals_a_real_forward_count():
+    model = convcanon.create_model("resnet20")
+    assert count_macs(model, (3, 32, 32)) == profile_model("resnet20").macs
+    # 40.55M MACs: the ResNet paper's CIFAR ResNet-20 (0.27M params) at 32x32
+    assert profile_model("resnet20").macs == pytest.approx(40.55e6, rel=0.01)
+
+
+def _main_path_weighted_layers(model: nn.Module) -> int:
+    skip = ("shortcut", "aux", "downsample")
+    return sum(
+        1 for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not any(s in n.split(".") or n.startswith(s) for s in skip)
+    )  # fmt: skip
+
+
+SEQUENTIAL = [n for n in ALL if model_info(n).family in ("alexnet", "vgg", "resnet", "resnet_cifar")]
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL)
+def test_declared_depth_counts_the_weighted_layers(name):
+    # Sequential families: weighted layers on the main path = conv + linear modules outside shortcuts.
+    assert _main_path_weighted_layers(_model(name)) == model_info(name).depth
+
+
+def test_models_command_json_lists_every_model(capsys):
+    from convcanon.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(ALL)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["resnet50"]["params"] == 25_557_032
+    assert by_name["vgg16"]["gmacs"] == pytest.approx(15.47, rel=0.01)
+    assert by_name["resnet20"]["depth"] == 20
+
+
+def test_models_command_one_model_sums_to_the_total(capsys):
+    from convcanon.cli import main
+
+    assert main(["models", "resnet20", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    total = rows[-1]
+    assert total["layer"] == "total"
+    assert total["params"] == 269_722
+    assert sum(r["params"] for r in rows[:-1]) == total["params"]
+    assert total["macs"] == profile_model("resnet20").macs
