@@ -1,0 +1,71 @@
+"""``convcanon scan DIR``: the check that training runs on folder data before step 1, on its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..tables import emit
+
+EXAMPLES = """examples:
+  convcanon scan ~/data/imagenet              list bad files, then a summary; exit 1 if any
+  convcanon scan ~/data/imagenet --json       the same as one JSON object
+  convcanon scan ~/data/pets --skip-bad       exit 0 while at most 1% are bad (what `train --skip-bad` accepts)
+
+exit status: 0 clean, 1 bad files found, 2 the folder's layout is wrong (the message says what to fix)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scan",
+        help="decode every file of an image folder and list the bad ones",
+        description="Check an ImageFolder tree (DIR/train/CLASS/IMAGE, DIR/val/CLASS/IMAGE) the way training\n"
+                    "does before step 1: every file is decoded in full; truncated, corrupt, empty and non-image\n"
+                    "files are listed with their path and reason. Hidden files and folders (.name) are ignored.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dir", metavar="DIR", help="the folder holding train/ and val/")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="exit 0 if the bad files are at most 1%% of all (training with --skip-bad would start)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes decoding in parallel (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.scan import MAX_BAD_FRACTION, scan_folder
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {args.workers}")
+    report = scan_folder(args.dir, progress=sys.stderr.isatty(), workers=args.workers, cache=False)
+    accepted = not report.bad or (args.skip_bad and report.bad_fraction <= MAX_BAD_FRACTION)
+    bad_rows = [{"split": b.split, "path": b.path, "reason": b.reason} for b in report.bad]
+    if args.json:
+        out = {**report.summary(), "class_names": list(report.classes), "bad_files": bad_rows,
+               "ignored_files": list(report.ignored), "ok": accepted}
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0 if accepted else 1
+    if bad_rows:
+        emit(bad_rows, [("split", "split"), ("path", "path"), ("reason", "reason")], False)
+        print()
+    for path in report.ignored:
+        print(f"ignored (not inside a class folder): {path}")
+    summary = report.summary()
+    emit([summary], [("files", "files"), ("classes", "classes"), ("train_images", "train images"),
+                     ("val_images", "val images"), ("bad", "bad"), ("bad_percent", "bad %"), ("ignored", "ignored")],
+         False)
+    if not report.bad:
+        print(f"clean: every one of the {report.files:,} files decodes")
+    elif accepted:
+        print(f"{len(report.bad)} bad files ({report.bad_fraction:.2%}): `train --skip-bad` would leave them out")
+    else:
+        too_many = report.bad_fraction > MAX_BAD_FRACTION
+        advice = (f"more than {MAX_BAD_FRACTION:.0%}, so even --skip-bad stops: fix the copy" if too_many
+                  else "fix or remove them, or train with --skip-bad")
+        print(f"{len(report.bad)} bad files ({report.bad_fraction:.2%}): {advice}")
+    return 0 if accepted else 1
