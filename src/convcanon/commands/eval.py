@@ -1,0 +1,51 @@
+"""``convcanon eval``: top-1/top-5, per-class accuracy and a confusion matrix for a trained model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_EPILOG = """examples:
+  convcanon eval --checkpoint runs/digits            the run's best checkpoint on its own test split
+  convcanon eval --checkpoint runs/digits/checkpoints/step-00000330.pt
+  convcanon eval --checkpoint runs/c10 --data cifar10:~/data/cifar-10-batches-py --json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: accuracy, per-class accuracy, confusion matrix",
+        description="Evaluate a trained model on a test split. PATH is a run directory (its best checkpoint, else "
+        "the newest), a checkpoint file, or a run's model.safetensors.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="run directory, .pt checkpoint or .safetensors")
+    p.add_argument("--data", help="data set to evaluate on (default: the run's)")
+    p.add_argument("--image-size", type=int, help="input side for file data (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--plot", metavar="FILE.png", help="confusion matrix PNG (default: next to the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..train.evaluate_cli import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        Path(args.checkpoint), data=args.data, image_size=args.image_size, batch_size=args.batch_size,
+        device=args.device, plot=Path(args.plot) if args.plot else None,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from ..tables import format_table
+
+    top5 = f"  top-5 {result['top5']:.2f}%" if "top5" in result else ""
+    print(f"{result['model']} on {result['data']}: top-1 {result['top1']:.2f}%{top5}  loss {result['loss']:.4f}  "
+          f"({result['samples']} images)")
+    print(format_table(result["per_class"], [("class", "class"), ("samples", "samples"), ("accuracy", "accuracy %")]))
+    print(f"confusion matrix: {result['plot']}")
+    return 0

@@ -1,0 +1,16 @@
+"""Training on one device or many: config, the loop, optimizer and schedule, checkpoints, metrics."""
+
+from .config import TrainConfig, config_from_dict
+from .optim import Plan, lr_at, make_plan
+
+
+def __getattr__(name: str):
+    # The loop pulls in data, checkpoints and TensorBoard; import it only when asked for.
+    if name in ("train", "RunResult", "NonFiniteLossError"):
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(name)
+
+
+__all__ = ["TrainConfig", "config_from_dict", "train", "RunResult", "NonFiniteLossError", "Plan", "lr_at", "make_plan"]

@@ -1,0 +1,391 @@
+"""Checkpoints a killed run can always resume from, and that load without running code (issue 7, items 9-10).
+
+Layout of a run directory::
+
+    RUN/checkpoints/step-00001234.pt   full training state after optimizer step 1234 (the last ``keep_last`` kept)
+    RUN/checkpoints/best.pt            the checkpoint with the best test accuracy so far
+    RUN/model.safetensors              the final weights (``save_safetensors``)
+
+A checkpoint is a dict ``{"format": "convcanon-checkpoint", "version": 1, "model", "optimizer", "scaler", "step",
+"epoch", "batch_in_epoch", "rng", "classes", "config", "metrics", ...}`` written by ``torch.save`` and read by
+``torch.load(weights_only=True)``: only tensors, numbers, strings, None, lists, tuples and dicts, so loading a file
+never imports or calls anything named in it.
+
+Every file is written atomically: to a hidden temporary file in the same directory (``.NAME.tmp-PID``), flushed and
+fsync'ed, renamed over the final name, and the directory fsync'ed. A kill at any instant leaves either the old file or
+the complete new one under the final name; a temporary file is never taken for a checkpoint and is removed by the
+next save. Only one process (rank 0) may write a run's checkpoints at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import os
+import pickle
+import re
+import shutil
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+
+FORMAT = "convcanon-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng", "classes", "config")
+CHECKPOINT_DIR = "checkpoints"
+BEST_NAME = "best.pt"
+
+_STEP_RE = re.compile(r"^step-(\d+)\.pt$")
+_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")
+# The error torch.load(weights_only=True) raises when a pickle names a global it will not import (or an opcode it
+# will not run); stable wording since torch 1.13.
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+_REFUSAL_DETAIL_RE = re.compile(r"(Unsupported[^\n]*|Trying to[^\n]*)")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that is truncated, damaged or not a ``torch.save`` archive at all."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """``load_latest`` skipped a corrupt checkpoint and fell back to an older one."""
+
+
+# --------------------------------------------------------------------------------------------- atomic file writes
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; without it a power loss may bring back the old directory entry."""
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows; NTFS journals the rename itself
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems (e.g. certain network mounts) do not support fsync on directories
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through ``write(file)`` so that readers see the old content or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Replace ``path`` with ``obj`` as indented JSON atomically; an object JSON cannot hold fails before any write."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows; assume alive and leave the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Remove temporary files of writes that were killed: ours (we are not mid-write now) or of a dead process."""
+    for p in directory.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint files
+
+_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.Size)
+_CONTAINERS = (dict, collections.OrderedDict, list, tuple)
+
+
+def _check_loadable(obj: Any, where: str) -> None:
+    """Raise if ``obj`` holds anything ``torch.load(weights_only=True)`` would refuse, naming where it is.
+
+    Exact type checks on purpose: ``numpy.float64`` is a ``float`` subclass that pickles as a NumPy global and would
+    make the checkpoint unloadable; catching it here, at save time, names the culprit instead of failing the resume.
+    """
+    kind = type(obj)
+    if isinstance(obj, Tensor) or kind in _SCALARS:
+        return
+    if kind in (dict, collections.OrderedDict):
+        for key, value in obj.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"checkpoint key {where}[{key!r}] is a {type(key).__name__}; use str or int keys")
+            _check_loadable(value, f"{where}[{key!r}]")
+        return
+    if kind in (list, tuple):
+        for i, value in enumerate(obj):
+            _check_loadable(value, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"checkpoint value {where} is a {kind.__module__}.{kind.__qualname__}; a checkpoint holds only tensors, "
+        "numbers, strings, None, lists, tuples and dicts (so that torch.load(weights_only=True) reads it): convert it "
+        "first, e.g. with float(...), int(...), str(...) or .tolist()"
+    )
+
+
+def _checkpoint_payload(state: Mapping[str, Any]) -> dict[str, Any]:
+    if state.get("format", FORMAT) != FORMAT or state.get("version", VERSION) != VERSION:
+        raise ValueError(f"state has format={state.get('format')!r} version={state.get('version')!r}; leave both out "
+                         f"(save_checkpoint writes format={FORMAT!r} version={VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state lacks {missing}; a convcanon checkpoint holds {list(REQUIRED_KEYS)}")
+    for key in ("step", "epoch", "batch_in_epoch"):
+        if type(state[key]) is not int or state[key] < 0:
+            raise ValueError(f"checkpoint {key} must be a non-negative int, got {state[key]!r}")
+    payload = {"format": FORMAT, "version": VERSION, "scaler": None, "metrics": {}, **state}
+    _check_loadable(payload, "state")
+    return payload
+
+
+def checkpoint_path(run_dir: str | os.PathLike[str], step: int) -> Path:
+    """Where the checkpoint after optimizer step ``step`` of the run in ``run_dir`` lives."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.pt"
+
+
+def save_checkpoint(run_dir: str | os.PathLike[str], state: Mapping[str, Any], *, keep_last: int = 3,
+                    best: bool = False) -> Path:
+    """Write ``state`` as ``run_dir/checkpoints/step-{step:08d}.pt`` atomically and return that path.
+
+    Then removes step checkpoints beyond the newest ``keep_last`` (never the one just written, never ``best.pt``)
+    and temporary files left by killed writes. ``best=True`` also points ``best.pt`` at this checkpoint (a hard link,
+    or a copy where the file system has none), atomically. ``format``/``version`` are filled in; ``scaler`` defaults
+    to None and ``metrics`` to ``{}``.
+    """
+    if type(keep_last) is not int or keep_last < 1:
+        raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+    payload = _checkpoint_payload(state)
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(directory)
+    path = _atomic_write(checkpoint_path(run_dir, payload["step"]), lambda f: torch.save(payload, f))
+    if best:
+        _replace_best(path)
+    for old in find_checkpoints(run_dir)[keep_last:]:
+        if old != path:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+    return path
+
+
+def _replace_best(path: Path) -> None:
+    best = path.with_name(BEST_NAME)
+    tmp = _temp_path(best)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(path, tmp)  # the checkpoint is already durable; a second name for it costs no copy
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        with open(path, "rb") as src:
+            _atomic_write(best, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+        return
+    try:
+        os.replace(tmp, best)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(best.parent)
+
+
+def find_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The step checkpoints of the run in ``run_dir``, newest (highest step) first; temporary files are not included."""
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
+
+
+def _verify_zip(path: Path, f: IO[bytes]) -> None:
+    """Check the archive's directory and every member's CRC-32: torch.load itself does not notice flipped bytes."""
+    try:
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size > 0:  # written with torch's CRC computation switched off
+                    continue
+                with archive.open(info) as member:  # raises BadZipFile on a CRC mismatch at the end of the member
+                    while member.read(1 << 22):
+                        pass
+    except MemoryError:
+        raise
+    except Exception as e:  # BadZipFile, EOFError, zlib.error, NotImplementedError: damage shows up in many forms
+        raise CorruptCheckpointError(f"{path} is truncated or corrupt: {e or type(e).__name__}") from e
+
+
+def _refusal_detail(message: str) -> str:
+    m = _REFUSAL_DETAIL_RE.search(message)
+    return f" ({m.group(1).strip()})" if m else ""
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a convcanon checkpoint onto the CPU without unpickling code.
+
+    Raises ``ValueError`` for a file that is not a convcanon checkpoint (another dict, another format version, or a
+    pickle that would import or call something: refused, nothing executed), ``CorruptCheckpointError`` (a
+    ``ValueError``) for a truncated or damaged one, and ``FileNotFoundError`` for a missing one.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        if head.startswith(b"PK"):
+            _verify_zip(path, f)
+            f.seek(0)
+        elif not head.startswith(b"\x80"):  # neither a zip archive (torch.save) nor a pickle (legacy torch.save)
+            what = "empty" if not head else f"not a torch.save archive (it starts with {head!r})"
+            raise CorruptCheckpointError(f"{path} is {what}: truncated or corrupt, or not a checkpoint")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols would only confuse the error
+                obj = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if _WEIGHTS_ONLY_REFUSAL in str(e):
+                raise ValueError(f"refusing to unpickle {path}{_refusal_detail(str(e))}: it would import or call "
+                                 "code (not a convcanon checkpoint; nothing was executed)") from None
+            raise CorruptCheckpointError(f"{path} is truncated or corrupt: {e}") from e
+        except MemoryError:
+            raise
+        except Exception as e:  # torch reports damage as RuntimeError, OSError, EOFError, KeyError, ... by version
+            raise CorruptCheckpointError(f"{path} is truncated or corrupt: {type(e).__name__}: {e}") from e
+    expected = f"expected a dict with format={FORMAT!r} and version={VERSION}"
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a convcanon checkpoint: {expected}, got a {type(obj).__name__}")
+    if obj.get("format") != FORMAT:
+        keys = sorted(map(str, obj))[:8]
+        raise ValueError(f"{path} is not a convcanon checkpoint: {expected}, got a dict with keys {keys}")
+    if obj.get("version") != VERSION:
+        raise ValueError(f"{path} is a convcanon checkpoint of format version {obj.get('version')!r}; this convcanon "
+                         f"reads version {VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise ValueError(f"{path} is an incomplete convcanon checkpoint: it lacks {missing}")
+    return obj
+
+
+def load_latest(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Path] | None:
+    """The newest valid checkpoint of the run in ``run_dir`` and its path, or None when it has none.
+
+    A corrupt or truncated checkpoint is skipped with a ``CheckpointFallbackWarning`` naming it and the reason, and the
+    next older one is tried. A file that is not a convcanon checkpoint at all (foreign, newer format, or an unsafe
+    pickle) is an error, not skipped: it does not belong in a run directory. ``CorruptCheckpointError`` when every
+    checkpoint is corrupt.
+    """
+    paths = find_checkpoints(run_dir)
+    problems = []
+    for path in paths:
+        try:
+            return load_checkpoint(path), path
+        except CorruptCheckpointError as e:
+            problems.append(str(e))
+            warnings.warn(f"skipping checkpoint {path}: {e}; falling back to the next older one",
+                          CheckpointFallbackWarning, stacklevel=2)
+    if problems:
+        raise CorruptCheckpointError(f"no valid checkpoint in {Path(run_dir) / CHECKPOINT_DIR}: " + "; ".join(problems))
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ safetensors
+
+
+def _safetensors_ready(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """CPU, contiguous tensors, no storage shared between names (safetensors refuses aliasing, e.g. tied weights)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model_state.items():
+        if type(name) is not str or not isinstance(tensor, Tensor):
+            raise TypeError(f"safetensors holds str -> Tensor; {name!r} maps to a {type(tensor).__name__}")
+        t = tensor.detach().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr and ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t.contiguous()
+    return out
+
+
+def save_safetensors(model_state: Mapping[str, Tensor], path: str | os.PathLike[str],
+                     metadata: Mapping[str, str] | None = None) -> Path:
+    """Write weights as a safetensors file atomically; ``metadata`` is str -> str (e.g. model name, classes as JSON)."""
+    metadata = dict(metadata or {})
+    bad = [k for k, v in metadata.items() if type(k) is not str or type(v) is not str]
+    if bad:
+        raise TypeError(f"safetensors metadata must map str to str; encode {bad} as strings (e.g. json.dumps)")
+    return atomic_write_bytes(path, safetensors_bytes(_safetensors_ready(model_state), metadata=metadata or None))
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a safetensors file onto the CPU. ``CorruptCheckpointError`` when it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError (and others) for damaged headers and sizes
+        raise CorruptCheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+
+
+def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The str -> str metadata stored in a safetensors file's header."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CorruptCheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+
+
+__all__ = [
+    "BEST_NAME", "CHECKPOINT_DIR", "FORMAT", "REQUIRED_KEYS", "VERSION", "CheckpointFallbackWarning",
+    "CorruptCheckpointError", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "checkpoint_path",
+    "find_checkpoints", "load_checkpoint", "load_latest", "load_safetensors", "safetensors_metadata",
+    "save_checkpoint", "save_safetensors",
+]

@@ -1,0 +1,245 @@
+"""Training configuration: one typed dataclass with the defaults of the main job, YAML and ``--key value`` on top.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < flags given on the command line. Unknown keys and values of
+the wrong type are errors that name the key and the file or flag. The parsed config is never mutated: derived
+quantities (global batch, scaled LR, warmup steps) are computed once by ``resolve`` into a separate frozen object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Optimizer = Literal["sgd", "adamw"]
+Amp = Literal["auto", "off", "bf16", "fp16"]
+Schedule = Literal["cosine", "step", "constant"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. Defaults are the embedded main job: a CIFAR-style ResNet-20 on 8x8 digits."""
+
+    # what to train
+    model: str = "resnet20"
+    model_options: dict[str, Any] = field(default_factory=dict)  # the zoo's idea switches, e.g. {"residual": False}
+    data: str = "digits"  # digits | synthetic[:C:S:K] | cifar10:PATH | cifar100:PATH | folder:PATH
+    image_size: int | None = None  # input side for file data (default 224) or a resize of in-memory data
+    skip_bad: bool = False  # leave undecodable files out (still fails above 1% bad)
+    workers: int = 2  # DataLoader worker processes for file data
+
+    # optimization; lr is the base LR at base_batch and is scaled linearly to the global batch (Goyal et al. 2017)
+    epochs: int = 15
+    batch_size: int = 64  # per device, per micro-batch
+    accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 0.1
+    base_batch: int = 256
+    optimizer: Optimizer = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # not applied to batch-norm and bias parameters
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 1.0
+    schedule: Schedule = "cosine"
+    milestones: list[int] = field(default_factory=lambda: [100, 150])  # epochs, for schedule=step
+    gamma: float = 0.1  # LR factor at each milestone
+    aux_weight: float = 0.3  # GoogLeNet's auxiliary losses, as in the paper
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+
+    # engineering
+    amp: Amp = "auto"  # auto = bf16 on GPUs that support it, off on CPU
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+
+    # run directory
+    out: str | None = None
+    keep_checkpoints: int = 3
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = at each epoch end only
+    log_every: int = 20  # optimizer steps between metrics.jsonl lines
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    progress: bool = True
+
+
+# Keys a resumed run may change; everything else must match the run it continues.
+RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "progress", "keep_checkpoints", "log_every", "max_steps"})
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_type(key: str, value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner[0], where)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {key} must be true or false; got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {key} must be an integer; got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: {key} must be a number; got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: {key} must be a string; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: {key} must be a list; got {value!r}")
+        return [_check_type(key, v, args[0], where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: {key} must be a mapping; got {value!r}")
+        return dict(value)
+    return value
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a config from plain values; unknown keys and wrong types raise ValueError naming ``where``."""
+    hints = _field_types()
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        import difflib
+
+        hints_txt = "; ".join(
+            f"{k!r} (did you mean {', '.join(difflib.get_close_matches(k, hints, n=2)) or 'none'}?)" for k in unknown
+        )
+        raise ValueError(f"{where}: unknown key(s) {hints_txt}")
+    checked = {k: _check_type(k, v, hints[k], where) for k, v in values.items()}
+    cfg = TrainConfig(**checked)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: TrainConfig, where: str = "config") -> None:
+    """Range checks that do not need the data or the model."""
+    positive = ("epochs", "batch_size", "accum_steps", "base_batch", "keep_checkpoints", "log_every")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{where}: {key} must be >= 1; got {getattr(cfg, key)}")
+    for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "aux_weight", "grad_clip", "momentum"):
+        if getattr(cfg, key) < 0 or not math.isfinite(getattr(cfg, key)):
+            raise ValueError(f"{where}: {key} must be a finite number >= 0; got {getattr(cfg, key)}")
+    if cfg.lr == 0:
+        raise ValueError(f"{where}: lr must be > 0")
+    if cfg.label_smoothing >= 1:
+        raise ValueError(f"{where}: label_smoothing must be < 1; got {cfg.label_smoothing}")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ValueError(f"{where}: warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
+    if cfg.schedule == "step" and sorted(cfg.milestones) != list(cfg.milestones):
+        raise ValueError(f"{where}: milestones must be increasing epochs; got {cfg.milestones}")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise ValueError(f"{where}: image_size must be >= 1; got {cfg.image_size}")
+    for key in ("checkpoint_every", "max_steps", "workers"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{where}: {key} must be >= 0; got {getattr(cfg, key)}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path}: not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line: one flag per field, generated from the dataclass so the two can never disagree.
+
+def _parse_scalar(text: str) -> Any:
+    """KEY=VALUE values: YAML scalars (true, 3, 0.5, relu)."""
+    value = yaml.safe_load(text)
+    return text if value is None and text not in ("null", "~", "") else value
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-option expects KEY=VALUE (e.g. residual=false); got {item!r}")
+        options[key.strip().replace("-", "_")] = _parse_scalar(value.strip())
+    return options
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per TrainConfig field; every default is None (= not given)."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="load settings from a YAML file; flags override it")
+    hints = _field_types()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_options":
+            parser.add_argument(
+                "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                help="a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
+            )  # fmt: skip
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        annotation = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        helptext = f"(default: {default})"
+        args = typing.get_args(annotation)
+        if annotation is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif typing.get_origin(annotation) is Literal:
+            parser.add_argument(flag, dest=f.name, choices=args, default=None, help=helptext)
+        elif typing.get_origin(annotation) is list:
+            parser.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, help=helptext)
+        else:
+            base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
+            parser.add_argument(flag, dest=f.name, type=base, default=None, help=helptext)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """Merge defaults < YAML < explicit flags. Returns the config and the names of keys set explicitly."""
+    values: dict[str, Any] = {}
+    where = "command line"
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+        where = f"--config {args.config} / command line"
+    given: set[str] = set(values)
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name == "model_options":
+            value = {**values.get("model_options", {}), **parse_model_options(value)}
+        values[f.name] = value
+        given.add(f.name)
+    return config_from_dict(values, where), given

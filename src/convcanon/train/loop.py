@@ -1,0 +1,379 @@
+"""The training loop: one explicit path for every setting.
+
+Mixed precision is one path (autocast does nothing when off; the GradScaler is a pass-through unless fp16), gradient
+accumulation and DDP gradient sync are one path (``no_sync`` on all but the last micro-batch of a step), and the LR is
+``lr_at(step)``. A *step* is one optimizer update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..registry import create_model, model_info, model_options
+from . import checkpoint as ckpt
+from . import distributed
+from .config import RESUME_OVERRIDABLE, TrainConfig, config_from_dict, dump_yaml, load_yaml, to_dict
+from .evaluate import evaluate
+from .metrics import MetricsLog
+from .optim import Plan, build_optimizer, lr_at, make_plan
+from .reproducibility import capture_rng_state, restore_rng_state, seed_everything, set_deterministic
+from .task import ClassificationTask
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became inf or NaN; the run stopped before the optimizer step, checkpoints untouched."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    epochs_done: int
+    plan: Plan
+    final: dict[str, Any] = field(default_factory=dict)  # last evaluation
+    best_top1: float | None = None
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run directory
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data = cfg.data.split(":")[0]
+    return Path("runs") / f"{cfg.model}-{data}-{stamp}"
+
+
+def _prepare_new_run_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path}: exists and is not a directory")
+    if path.exists() and any(path.iterdir()):
+        if (path / "config.yaml").exists():
+            raise ValueError(f"--out {path} already holds a run: continue it with --resume {path}, or pick a new --out")
+        raise ValueError(f"--out {path} is not empty: pick a new or empty directory")
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any], given: set[str]) -> TrainConfig:
+    """The config of the run in ``run_dir``, with the keys a resume may change taken from ``overrides``."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a convcanon run directory?")
+    saved = load_yaml(cfg_path)
+    conflicts = []
+    for key in sorted(given):
+        if key in ("out",):
+            continue
+        if key in RESUME_OVERRIDABLE:
+            saved[key] = overrides[key]
+        elif overrides.get(key) != saved.get(key):
+            conflicts.append(f"--{key.replace('_', '-')} {overrides.get(key)!r} (run has {saved.get(key)!r})")
+    if conflicts:
+        raise ValueError(
+            f"--resume {run_dir}: these settings differ from the run being continued: {'; '.join(conflicts)}. "
+            f"Only {', '.join(sorted(RESUME_OVERRIDABLE))} may change on resume."
+        )
+    saved["out"] = str(run_dir)
+    return config_from_dict(saved, where=str(cfg_path))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Engine settings
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs with native bf16 (Ampere and newer), fp32 elsewhere. CPU bf16 is allowed when asked for:
+    it is how the bf16 path is tested without a GPU, though it is rarely faster on CPUs without AMX."""
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (fp16 with loss scaling is a GPU technique); use --amp bf16")
+    return amp
+
+
+def autocast_factory(amp: str, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _build_model(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    info = model_info(cfg.model)
+    options = dict(cfg.model_options)
+    if "in_chans" in model_options(cfg.model) and "in_chans" not in options:
+        options["in_chans"] = in_chans
+    elif options.get("in_chans", info.input_size[0]) != in_chans:
+        raise ValueError(
+            f"--model {cfg.model} takes {options.get('in_chans', info.input_size[0])}-channel input but --data "
+            f"{cfg.data} has {in_chans} channel(s)"
+        )
+    model = create_model(cfg.model, num_classes=num_classes, **options)
+    min_size = getattr(model, "min_size", 1)
+    if image_size < min_size:
+        raise ValueError(
+            f"--model {cfg.model} needs inputs of at least {min_size}x{min_size} pixels; --data {cfg.data} gives "
+            f"{image_size}x{image_size}: pass --image-size {min_size} (or larger) or pick a small-image model"
+        )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None) -> RunResult:
+    """Train ``cfg``; with ``resume``, continue the run in that directory from its newest valid checkpoint."""
+    from ..data import open_data
+
+    out_stream = out_stream or sys.stdout
+    ctx = distributed.setup(cfg.device)
+    say = (lambda msg: print(msg, file=out_stream, flush=True)) if ctx.is_main else (lambda msg: None)
+    t_start = time.perf_counter()
+
+    run_dir = Path(resume) if resume else Path(cfg.out) if cfg.out else _default_run_dir(cfg)
+    state = None
+    if resume:
+        found = ckpt.load_latest(run_dir)
+        if found is not None:
+            state, path = found
+            say(f"resuming from {path} (step {state['step']})")
+    elif ctx.is_main:
+        _prepare_new_run_dir(run_dir)
+
+    set_deterministic(cfg.deterministic)
+    seed_everything(cfg.seed)
+    data = open_data(
+        cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
+        progress=cfg.progress and ctx.is_main,
+    )  # fmt: skip
+    info = data.info
+    model = _build_model(cfg, info.num_classes, info.in_chans, info.image_size)
+    amp = resolve_amp(cfg.amp, ctx.device)
+    autocast = autocast_factory(amp, ctx.device)
+    plan = make_plan(cfg, data.num_train_batches(cfg.batch_size, ctx.world_size), ctx.world_size)
+
+    model.to(ctx.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and ctx.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg, ctx.device)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == "fp16")
+    task = ClassificationTask(label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
+
+    step, epoch, start_batch, best_top1 = 0, 0, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+        best_top1 = state.get("metrics", {}).get("best_top1")
+
+    # The raw module holds the weights we save; `net` is what runs (maybe DDP-wrapped, maybe compiled).
+    raw = model
+    net: nn.Module = model
+    if ctx.distributed:
+        ddp_device = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
+    if cfg.compile:
+        try:
+            net = torch.compile(net)
+        except Exception as err:  # noqa: BLE001 - compilation is an optimization; eager always works
+            say(f"torch.compile unavailable ({err}); running eager")
+
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        ckpt.atomic_write_json(run_dir / "run.json", {
+            "plan": plan.__dict__, "amp": amp, "device": str(ctx.device),
+            "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor()
+            or platform.machine(),
+            "world_size": ctx.world_size, "backend": ctx.backend, "convcanon": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "git_commit": _git_commit(), "argv": sys.argv,
+            "data": {k: v for k, v in info.__dict__.items()}, "threads": torch.get_num_threads(),
+        })  # fmt: skip
+    say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, "
+        f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device {ctx.device}, "
+        f"amp {amp}, {ctx.world_size} process(es)")
+    say(plan.describe())
+    log = MetricsLog(run_dir, enabled=ctx.is_main, resume_step=step if state is not None else None)
+
+    if state is not None:
+        # Last: building the model and data above consumed RNG; the checkpoint's state is what the next step expects.
+        restore_rng_state(state["rng"])
+
+    def save(batch_in_epoch: int, ep: int, metrics: dict[str, Any], best: bool = False) -> None:
+        if not ctx.is_main:
+            return
+        ckpt.save_checkpoint(run_dir, {
+            "format": "convcanon-checkpoint", "version": 1, "model": raw.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "step": step, "epoch": ep, "batch_in_epoch": batch_in_epoch, "rng": capture_rng_state(),
+            "classes": list(info.classes), "config": to_dict(cfg), "metrics": metrics,
+            "model_name": cfg.model, "num_classes": info.num_classes, "in_chans": info.in_chans,
+            "image_size": info.image_size,
+        }, keep_last=cfg.keep_checkpoints, best=best)  # fmt: skip
+
+    nb, k = plan.micro_batches_per_epoch, plan.accum_steps
+    final: dict[str, Any] = {}
+    stop = False
+    loss_window = torch.zeros((), device=ctx.device)  # summed loss since the last log line, kept on the device
+    window_steps, window_images, window_t0 = 0, 0, time.perf_counter()
+    train_seconds = 0.0
+    progress = _progress(cfg.progress and ctx.is_main, plan, step, say)
+    net.train()
+    while epoch < plan.epochs and not stop:
+        group_loss = torch.zeros((), device=ctx.device)
+        for b, (x, y) in enumerate(
+            data.train_batches(epoch, cfg.batch_size, seed=cfg.seed, start=start_batch, rank=ctx.rank,
+                               world_size=ctx.world_size, device=ctx.device),
+            start=start_batch,
+        ):
+            group_start = (b // k) * k
+            group_len = min(k, nb - group_start)  # the last group of an epoch may be shorter
+            last_micro = b == group_start + group_len - 1
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            sync = contextlib.nullcontext() if last_micro or not ctx.distributed else net.no_sync()
+            with sync:
+                with autocast():
+                    loss = task.loss(net(x), y)
+                # Mean over the group's micro-batches, so k micro-batches of b equal one batch of k*b.
+                scaler.scale(loss / group_len).backward()
+            group_loss += loss.detach() / group_len
+            if not last_micro:
+                continue
+
+            lr = lr_at(step, plan)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if scaler.is_enabled():
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)  # skips the step when a gradient is inf/NaN, then lowers the scale
+                scaler.update()
+            else:
+                bad = ctx.all_reduce_max((~torch.isfinite(group_loss)).float())
+                if bad.item():  # one host sync per optimizer step: the price of stopping *before* a bad update
+                    log.log("event", step, event="non-finite loss", epoch=epoch)
+                    log.close()
+                    raise NonFiniteLossError(
+                        f"loss is {group_loss.item()} at step {step + 1} (epoch {epoch + 1}, batch {b + 1}); stopped "
+                        f"before the optimizer step. The last good checkpoint in {run_dir / 'checkpoints'} is intact. "
+                        "Lower --lr, add --warmup-epochs or --grad-clip, or use --amp fp16 with its loss scaler."
+                    )
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_window += group_loss
+            group_loss = torch.zeros((), device=ctx.device)
+            window_steps += 1
+            window_images += plan.global_batch if group_len == k else cfg.batch_size * ctx.world_size * group_len
+            progress.update(1)
+
+            end_of_epoch = b == nb - 1
+            reached_max = bool(cfg.max_steps) and step >= cfg.max_steps
+            if step % cfg.log_every == 0 or end_of_epoch or reached_max:
+                now = time.perf_counter()
+                train_seconds += now - window_t0
+                mean_loss = loss_window.item() / window_steps
+                ips = window_images / max(now - window_t0, 1e-9)
+                log.log("train", step, epoch=epoch + (b + 1) / nb, loss=mean_loss, lr=lr, images_per_s=ips)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+                loss_window.zero_()
+                window_steps, window_images, window_t0 = 0, 0, time.perf_counter()
+
+            if end_of_epoch:
+                t_eval = time.perf_counter()
+                final = evaluate(net, data, ctx, batch_size=max(cfg.batch_size, 256), autocast=autocast,
+                                 channels_last=cfg.channels_last)
+                window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
+                is_best = best_top1 is None or final["top1"] > best_top1
+                best_top1 = final["top1"] if is_best else best_top1
+                log.log("eval", step, epoch=epoch + 1, **{k2: v for k2, v in final.items() if k2 != "confusion"})
+                progress.write(_eval_line(epoch + 1, plan.epochs, step, final))
+                save(0, epoch + 1, {**final, "best_top1": best_top1}, best=is_best)
+            elif reached_max or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                save(b + 1, epoch, {"best_top1": best_top1})
+            if reached_max:
+                stop = True
+                break
+        if not stop:
+            epoch += 1
+        start_batch = 0
+    progress.close()
+
+    seconds = time.perf_counter() - t_start
+    if ctx.is_main:
+        ckpt.save_safetensors(
+            {k2: v.detach().cpu() for k2, v in raw.state_dict().items()}, run_dir / "model.safetensors",
+            metadata={"model": cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
+                      "classes": "\n".join(info.classes), "convcanon": __version__},
+        )  # fmt: skip
+        ckpt.atomic_write_json(run_dir / "summary.json", {
+            "steps": step, "epochs": epoch, "final": {k2: v for k2, v in final.items() if k2 != "confusion"},
+            "best_top1": best_top1, "seconds": round(seconds, 2), "train_seconds": round(train_seconds, 2),
+        })  # fmt: skip
+        if final:
+            say(f"done: {step} steps, test top-1 {final['top1']:.2f}% (best {best_top1:.2f}%) in {seconds:.1f} s; "
+                f"weights in {run_dir / 'model.safetensors'}")
+        else:
+            say(f"stopped after {step} steps in {seconds:.1f} s; continue with --resume {run_dir}")
+    log.close()
+    return RunResult(run_dir, step, epoch, plan, final, best_top1, seconds)
+
+
+def _eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
+    top5 = f", top-5 {result['top5']:.2f}%" if "top5" in result else ""
+    return (f"epoch {epoch}/{epochs} (step {step}): test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%"
+            f"{top5} on {result['samples']} images")
+
+
+class _Lines:
+    """Progress without a bar (not a terminal, or --no-progress): only the per-epoch lines, through ``say``."""
+
+    def __init__(self, say) -> None:
+        self.write = say
+
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(enabled: bool, plan: Plan, initial: int, say):
+    if not enabled or not sys.stderr.isatty():
+        return _Lines(say)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=plan.total_steps, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+
+__all__ = ["train", "RunResult", "NonFiniteLossError", "resume_config", "resolve_amp"]

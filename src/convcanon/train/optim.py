@@ -1,0 +1,118 @@
+"""Optimizer, the linear scaling rule and the learning-rate schedule.
+
+``lr_at(step, plan)`` is a pure function of the optimizer step: the same step always gets the same LR, whether the run
+was resumed or not, on one process or many.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Derived settings, resolved once at start, printed, saved with the run and never changed.
+
+    A *step* is one optimizer update, everywhere: schedule, logs, checkpoints, ``max_steps``.
+    """
+
+    world_size: int
+    batch_size: int  # per device, per micro-batch
+    accum_steps: int
+    global_batch: int  # batch_size x world_size x accum_steps: samples per optimizer step
+    base_lr: float
+    base_batch: int
+    peak_lr: float  # base_lr x global_batch / base_batch (linear scaling rule, Goyal et al. 2017, sec. 2.1)
+    micro_batches_per_epoch: int  # per rank
+    steps_per_epoch: int  # optimizer steps; the last group of an epoch may hold fewer micro-batches
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    schedule: str
+    milestone_steps: tuple[int, ...]
+    gamma: float
+
+    def describe(self) -> str:
+        return (
+            f"global batch {self.global_batch} = {self.batch_size} per device x {self.world_size} device(s) x "
+            f"{self.accum_steps} accumulation step(s); lr {self.peak_lr:.4g} = {self.base_lr:g} x "
+            f"{self.global_batch}/{self.base_batch} (linear scaling rule); {self.steps_per_epoch} steps/epoch, "
+            f"{self.total_steps} steps in all, {self.warmup_steps} warmup steps, {self.schedule} schedule"
+        )
+
+
+def make_plan(cfg: TrainConfig, micro_batches_per_epoch: int, world_size: int = 1) -> Plan:
+    if micro_batches_per_epoch < 1:
+        raise ValueError(
+            f"the training split is smaller than one global batch ({cfg.batch_size} x {world_size} device(s)): "
+            "lower --batch-size"
+        )
+    global_batch = cfg.batch_size * world_size * cfg.accum_steps
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / cfg.accum_steps)
+    total = steps_per_epoch * cfg.epochs
+    return Plan(
+        world_size=world_size,
+        batch_size=cfg.batch_size,
+        accum_steps=cfg.accum_steps,
+        global_batch=global_batch,
+        base_lr=cfg.lr,
+        base_batch=cfg.base_batch,
+        peak_lr=cfg.lr * global_batch / cfg.base_batch,
+        micro_batches_per_epoch=micro_batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.epochs,
+        total_steps=total,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        schedule=cfg.schedule,
+        milestone_steps=tuple(m * steps_per_epoch for m in cfg.milestones),
+        gamma=cfg.gamma,
+    )
+
+
+def lr_at(step: int, plan: Plan) -> float:
+    """LR for optimizer step ``step`` (0-based).
+
+    1. warmup: linear from peak/warmup_steps up to the peak over the first warmup_steps steps (Goyal et al.: the
+       gradual warmup that makes large-batch training stable);
+    2. then the schedule over the remaining steps: cosine to zero, step decay by gamma at each milestone, or constant.
+    """
+    peak = plan.peak_lr
+    if step < plan.warmup_steps:
+        return peak * (step + 1) / plan.warmup_steps
+    if plan.schedule == "constant":
+        return peak
+    if plan.schedule == "step":
+        return peak * plan.gamma ** sum(step >= m for m in plan.milestone_steps)
+    decay_steps = max(1, plan.total_steps - plan.warmup_steps)
+    progress = min(1.0, (step - plan.warmup_steps) / decay_steps)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only: decaying BN scales/shifts and biases only hurts
+    (Goyal et al. 2017 sec. 5.1; He et al. "Bag of Tricks" 2019 sec. 3.1, "no bias decay")."""
+    decay, no_decay = [], []
+    for _name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    # foreach kernels update all parameters of a group in a few launches instead of one per tensor.
+    fast = {"foreach": True}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **fast)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **fast)

@@ -1,0 +1,37 @@
+"""The task: what the loss is, kept apart from the engine that runs it (devices, precision, checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..layers import ModelOutput
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """Cross-entropy on the main logits plus ``aux_weight`` x each auxiliary head's loss (GoogLeNet, 0.3 in the paper,
+    sec. 5: "their loss gets added to the total loss of the network with a discount weight")."""
+
+    label_smoothing: float = 0.0
+    aux_weight: float = 0.3
+
+    def loss(self, output: Tensor | ModelOutput, target: Tensor) -> Tensor:
+        if isinstance(output, ModelOutput):
+            loss = F.cross_entropy(output.logits.float(), target, label_smoothing=self.label_smoothing)
+            for aux in output.aux:
+                loss = loss + self.aux_weight * F.cross_entropy(aux.float(), target,
+                                                                label_smoothing=self.label_smoothing)
+            return loss
+        return F.cross_entropy(output.float(), target, label_smoothing=self.label_smoothing)
+
+
+def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...]) -> Tensor:
+    """Number of samples whose target is among the top-k predictions, for each k (a tensor, no host sync)."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hits = pred.eq(target[:, None])
+    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks])

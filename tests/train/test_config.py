@@ -1,0 +1,85 @@
+"""Config precedence (defaults < YAML < flags), and bad settings caught before any work with the key named."""
+
+import argparse
+
+import pytest
+
+from convcanon.train.config import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    config_from_dict,
+    parse_model_options,
+)
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: plain20\nepochs: 7\nlr: 0.05\nmodel_options: {activation: tanh}\n")
+    cfg, given = config_from_args(_args(["--config", str(path), "--epochs", "3", "--model-option", "residual=false"]))
+    assert cfg.model == "plain20"  # from YAML
+    assert cfg.epochs == 3  # flag beats YAML
+    assert cfg.lr == 0.05
+    assert cfg.batch_size == TrainConfig().batch_size  # default
+    assert cfg.model_options == {"activation": "tanh", "residual": False}
+    assert {"model", "epochs", "lr", "model_options"} <= given
+
+
+def test_unknown_key_in_yaml_names_the_key_and_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(ValueError, match="'epoch'.*epochs"):
+        config_from_args(_args(["--config", str(path)]))
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"epochs": "ten"}, "epochs must be an integer"),
+        ({"amp": "fp8"}, "amp must be one of"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"lr": -0.1}, "lr must be"),
+        ({"warmup_epochs": 20, "epochs": 5}, "warmup_epochs"),
+        ({"nesterov": "yes"}, "nesterov must be true or false"),
+        ({"milestones": [30, 10], "schedule": "step"}, "milestones"),
+    ],
+)
+def test_bad_values_are_errors(values, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(values)
+
+
+def test_model_option_values_are_typed():
+    assert parse_model_options(["residual=false", "dropout=0.25", "activation=tanh", "width=32"]) == {
+        "residual": False, "dropout": 0.25, "activation": "tanh", "width": 32,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_model_options(["residual"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        config_from_args(_args(["--config", str(tmp_path / "nope.yaml")]))
+
+
+def test_every_recipe_loads_and_is_headed_by_command_expected_hardware():
+    from pathlib import Path
+
+    import convcanon
+    from convcanon.train.config import load_yaml
+
+    recipes = sorted(Path(__file__).resolve().parents[2].joinpath("experiments").glob("*.yaml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        header = path.read_text().split("\n\n")[0]
+        for word in ("# command:", "# expected:", "# hardware:"):
+            assert word in path.read_text(), f"{path.name} lacks {word!r}"
+        cfg = config_from_dict(load_yaml(path), where=str(path))
+        assert cfg.model in convcanon.list_models(), path.name
+        assert header

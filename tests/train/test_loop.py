@@ -1,0 +1,202 @@
+"""The training loop as a specification: it learns, accumulation is exact, bad losses stop it, resume is bit-exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import convcanon
+from convcanon.train import checkpoint as ckpt
+from convcanon.train.config import TrainConfig
+from convcanon.train.loop import NonFiniteLossError, train
+from convcanon.train.task import ClassificationTask
+
+QUIET = {"progress": False, "workers": 0}
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_safetensors(run_dir / "model.safetensors")
+
+
+def test_overfits_one_small_batch():
+    torch.manual_seed(0)
+    model = convcanon.create_model("resnet20", num_classes=10, in_chans=1)
+    x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
+    task = ClassificationTask()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        task.loss(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).all()
+        assert task.loss(model(x), y).item() < 0.05
+
+
+def _run(tmp_path: Path, name: str, **kw) -> Path:
+    cfg = TrainConfig(**{**QUIET, "out": str(tmp_path / name), **kw})
+    train(cfg, out_stream=open(os.devnull, "w"))
+    return tmp_path / name
+
+
+def test_accumulation_equals_one_big_batch_without_batch_norm(tmp_path):
+    # Without BN, k micro-batches of b and one batch of k*b are the same gradient: the loop scales each micro-batch's
+    # loss by 1/k, and the data order puts the same k*b samples in one step either way.
+    # constant LR: the cosine's length depends on steps per epoch, which differ (44 steps of 32 vs 45 of 4 x 8).
+    common = dict(model="resnet20", model_options={"batch_norm": False}, epochs=1, max_steps=6, lr=0.05,
+                  warmup_epochs=0.0, schedule="constant", deterministic=True)
+    big = _weights(_run(tmp_path, "big", batch_size=32, accum_steps=1, **common))
+    acc = _weights(_run(tmp_path, "acc", batch_size=8, accum_steps=4, **common))
+    # 1e-5 relative: the two sums group the same float32 terms differently; 6 SGD steps amplify that rounding only a
+    # little (observed ~1e-7); a real difference (another batch, a missing 1/k) is >= 1e-2.
+    for key in big:
+        assert torch.allclose(acc[key], big[key], rtol=1e-5, atol=1e-6), key
+
+
+def test_accumulation_differs_with_batch_norm(tmp_path):
+    # With BN, each micro-batch is normalized by its own statistics, so 4 x 8 is NOT the same as 1 x 32: documented
+    # behaviour (use --sync-bn across devices; within one device accumulation cannot share BN statistics).
+    common = dict(model="resnet20", epochs=1, max_steps=4, lr=0.05, warmup_epochs=0.0, schedule="constant",
+                  deterministic=True)
+    big = _weights(_run(tmp_path, "big", batch_size=32, accum_steps=1, **common))
+    acc = _weights(_run(tmp_path, "acc", batch_size=8, accum_steps=4, **common))
+    worst = max((acc[k].float() - big[k].float()).abs().max().item() for k in big if big[k].is_floating_point())
+    assert worst > 1e-4
+
+
+def test_partial_last_group_is_an_optimizer_step(tmp_path):
+    # digits: 1437 training images // 64 = 22 micro-batches; with 4 per step: 5 full steps + one of 2.
+    run = _run(tmp_path, "r", batch_size=64, accum_steps=4, epochs=1, warmup_epochs=0.0)
+    summary = json.loads((run / "summary.json").read_text())
+    plan = json.loads((run / "run.json").read_text())["plan"]
+    assert plan["micro_batches_per_epoch"] == 22
+    assert plan["steps_per_epoch"] == 6
+    assert summary["steps"] == 6
+
+
+def test_short_run_learns_and_writes_the_run_directory(tmp_path):
+    run = _run(tmp_path, "r", epochs=2, batch_size=64)
+    names = {p.name for p in run.iterdir()}
+    expected = {"config.yaml", "run.json", "metrics.jsonl", "model.safetensors", "summary.json", "checkpoints", "tb"}
+    assert expected <= names
+    assert any((run / "tb").iterdir())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert len(evals) == 2
+    assert evals[-1]["samples"] == 360  # every test image once
+    # after 2 short epochs a ResNet-20 is far above chance (10%) on digits
+    assert evals[-1]["top1"] > 80
+    info = json.loads((run / "run.json").read_text())
+    assert info["torch"] == torch.__version__ and info["plan"]["global_batch"] == 64
+    state = ckpt.load_checkpoint(run / "checkpoints" / "best.pt")
+    assert state["classes"] == [str(i) for i in range(10)]
+
+
+def test_bf16_autocast_path_on_cpu(tmp_path):
+    run = _run(tmp_path, "r", epochs=1, max_steps=8, amp="bf16", batch_size=32)
+    info = json.loads((run / "run.json").read_text())
+    assert info["amp"] == "bf16"
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"train"' in line]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert all(v.dtype == torch.float32 for v in _weights(run).values() if v.is_floating_point())
+
+
+def test_non_finite_loss_stops_before_the_step_and_keeps_checkpoints(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = ClassificationTask.loss
+
+    def poisoned(self, output, target):
+        calls["n"] += 1
+        loss = original(self, output, target)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(ClassificationTask, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        _run(tmp_path, "r", epochs=1, batch_size=32, checkpoint_every=2)
+    newest = ckpt.load_latest(tmp_path / "r")
+    assert newest is not None
+    state, path = newest
+    assert state["step"] == 4  # the last good checkpoint, intact
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    _run(tmp_path, "r", epochs=1, max_steps=2, batch_size=32)
+    with pytest.raises(ValueError, match="--resume"):
+        _run(tmp_path, "r", epochs=1, max_steps=2, batch_size=32)
+
+
+def test_model_too_big_for_the_data_is_an_error_before_work(tmp_path):
+    with pytest.raises(ValueError, match="--image-size"):
+        _run(tmp_path, "r", model="googlenet", epochs=1)  # needs >= 79 px; digits are 8 px
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bit-exact resume through a real process killed with SIGKILL
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "convcanon", "train", "--model", "resnet20", "--epochs", "2", "--batch-size", "64",
+            "--deterministic", "--checkpoint-every", "3", "--no-progress", "--workers", "0", "--out", str(out),
+            "--seed", "3", *extra]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(convcanon.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _kill_after_checkpoint(out: Path, min_step: int) -> None:
+    proc = subprocess.Popen(_cli(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        steps = [int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("step-*.pt")] if out.exists() else []
+        if steps and max(steps) >= min_step:
+            break
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "the kill came too late to test anything"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    subprocess.run(_cli(out), env=_env(), check=True, stdout=subprocess.DEVNULL)
+    return _weights(out)
+
+
+@pytest.mark.parametrize("min_step", [4, 25])  # mid-epoch 1, and mid-epoch 2 (22 steps per epoch)
+def test_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted, min_step):
+    out = tmp_path / "run"
+    _kill_after_checkpoint(out, min_step)
+    subprocess.run(_cli(out, "--resume", str(out)), env=_env(), check=True, stdout=subprocess.DEVNULL)
+    resumed = _weights(out)
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    _kill_after_checkpoint(out, 10)
+    newest = ckpt.find_checkpoints(out)[0]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    done = subprocess.run(_cli(out, "--resume", str(out)), env=_env(), check=True, capture_output=True, text=True)
+    assert newest.name in done.stderr + done.stdout
+    resumed = _weights(out)
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key

@@ -1,0 +1,81 @@
+"""The LR function at its boundaries, the linear scaling rule, and which parameters get weight decay."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from convcanon.train.config import TrainConfig
+from convcanon.train.optim import build_optimizer, lr_at, make_plan, param_groups
+
+
+def _plan(**kw):
+    cfg = TrainConfig(**{"epochs": 10, "batch_size": 32, "lr": 0.1, "base_batch": 256, "warmup_epochs": 2, **kw})
+    return make_plan(cfg, micro_batches_per_epoch=100, world_size=kw.pop("world", 1) if "world" in kw else 1)
+
+
+def test_linear_scaling_rule_uses_the_global_batch():
+    cfg = TrainConfig(batch_size=64, accum_steps=4, lr=0.1, base_batch=256, epochs=3, warmup_epochs=0)
+    plan = make_plan(cfg, micro_batches_per_epoch=10, world_size=8)
+    assert plan.global_batch == 64 * 8 * 4
+    assert plan.peak_lr == pytest.approx(0.1 * 2048 / 256)
+    # 10 micro-batches in groups of 4: 4 + 4 + 2 -> 3 optimizer steps per epoch
+    assert plan.steps_per_epoch == 3
+    assert plan.total_steps == 9
+
+
+def test_warmup_is_linear_and_reaches_the_peak_exactly():
+    plan = _plan()
+    assert plan.warmup_steps == 200
+    assert lr_at(0, plan) == pytest.approx(plan.peak_lr / 200)
+    assert lr_at(99, plan) == pytest.approx(plan.peak_lr * 100 / 200)
+    assert lr_at(199, plan) == pytest.approx(plan.peak_lr)
+    # first step after warmup starts the cosine at its top
+    assert lr_at(200, plan) == pytest.approx(plan.peak_lr)
+
+
+def test_cosine_ends_at_zero_and_is_monotone():
+    plan = _plan()
+    values = [lr_at(s, plan) for s in range(plan.warmup_steps, plan.total_steps)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert lr_at(plan.total_steps, plan) == pytest.approx(0.0, abs=1e-12)
+    mid = plan.warmup_steps + (plan.total_steps - plan.warmup_steps) // 2
+    assert lr_at(mid, plan) == pytest.approx(plan.peak_lr / 2, rel=1e-6)
+
+
+def test_step_schedule_drops_by_gamma_at_each_milestone():
+    plan = _plan(schedule="step", milestones=[4, 7], gamma=0.1, warmup_epochs=0)
+    peak = plan.peak_lr
+    assert lr_at(399, plan) == pytest.approx(peak)
+    assert lr_at(400, plan) == pytest.approx(peak * 0.1)
+    assert lr_at(699, plan) == pytest.approx(peak * 0.1)
+    assert lr_at(700, plan) == pytest.approx(peak * 0.01)
+
+
+def test_no_warmup_starts_at_the_peak():
+    plan = _plan(warmup_epochs=0, schedule="constant")
+    assert lr_at(0, plan) == plan.peak_lr
+    assert lr_at(plan.total_steps - 1, plan) == plan.peak_lr
+
+
+def test_lr_is_a_pure_function_of_the_step():
+    plan = _plan()
+    assert [lr_at(s, plan) for s in range(0, 1000, 37)] == [lr_at(s, plan) for s in range(0, 1000, 37)]
+    assert all(math.isfinite(lr_at(s, plan)) for s in range(plan.total_steps))
+
+
+def test_weight_decay_skips_norm_and_bias_parameters():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 5, 5))
+    decay, no_decay = param_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert {p.ndim for p in decay["params"]} == {2, 4}  # conv and linear weights
+    assert len(no_decay["params"]) == 4  # conv bias, bn weight, bn bias, linear bias
+    opt = build_optimizer(model, TrainConfig(optimizer="sgd", nesterov=True), torch.device("cpu"))
+    assert opt.param_groups[0]["nesterov"] is True
+
+
+def test_too_small_training_split_is_an_error():
+    with pytest.raises(ValueError, match="--batch-size"):
+        make_plan(TrainConfig(), micro_batches_per_epoch=0)
