@@ -1,0 +1,188 @@
+"""``convcanon estimate``: what a training run will cost, whether it fits and how it scales, checked against published
+runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..tables import emit
+
+_EPILOG = """examples:
+  convcanon estimate --model resnet50 --data imagenet --epochs 90 --device a100 --devices 8 --precision bf16
+  convcanon estimate --model resnet50 --device p100 --devices 1,8,32,256      a scaling table, 128 images per GPU
+  convcanon estimate --model alexnet --device gtx580 --devices 2 --parallel towers --batch-size 128   the 2012 run
+  convcanon estimate --model vgg16 --device p100-pcie --devices 512 --network-gbit 25    Horovod's cluster
+  convcanon estimate --model resnet20 --data cifar10 --epochs 30 --measure      time this machine, then predict
+  convcanon estimate --model resnet50 --images 250000 --device h100 --devices 16 --nodes 2 --json
+  convcanon estimate --canon                      the canon's cost for 90 ImageNet epochs on each GPU generation
+  convcanon estimate --validate                   predictions for the published runs vs their figures
+  convcanon estimate --catalog                    the devices and their datasheet figures
+
+The model: training FLOPs (3x the forward, measured with torch.utils.flop_counter at the run's image size) at a
+calibrated share of the device's peak, plus memory traffic for the element-wise work, plus a ring all-reduce of the
+gradients partly hidden behind the backward pass. --batch-size is the global batch (default 128 per device). Which
+published run calibrated which constant: `--validate`, and the docstring of convcanon.estimate.costmodel.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "estimate", help="predict wall-clock, images/s, scaling and memory of a training run",
+        description="Predict a training run: time per epoch and in total, images/s, scaling efficiency against one "
+        "device, and memory per device (weights, gradients, optimizer state, activations) with a verdict and, when "
+        "it does not fit, the accumulation steps or pipeline stages that make it fit.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--model", help="a model of the zoo (`convcanon models` lists them)")
+    p.add_argument("--data", default=None, help="imagenet (default), cifar10, cifar100, mnist or digits")
+    p.add_argument("--images", type=int, help="training-set size of your own data (ImageNet-style files)")
+    p.add_argument("--val-images", type=int, help="images evaluated after each epoch (default: the data set's)")
+    p.add_argument("--image-size", type=int, help="input side (default: the data set's, or the model's own)")
+    p.add_argument("--epochs", type=float, default=90.0, help="epochs (default 90)")
+    p.add_argument("--device", help="a catalog device: gtx580, k80, p100, p100-pcie, v100-16gb, v100, a100, h100, "
+                   "h200, cpu (see --catalog)")
+    p.add_argument("--devices", default="1", help="device count, or a comma list for a scaling table (e.g. 1,8,64)")
+    p.add_argument("--nodes", type=int, help="machines (default: devices / the device's usual devices per node)")
+    p.add_argument("--precision", default="fp32", help="fp32 (default), tf32, bf16 or fp16 (autocast)")
+    p.add_argument("--batch-size", type=int, help="global batch (default 128 per device)")
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum; default) or adamw: sets optimizer state")
+    p.add_argument("--parallel", default="data", help="data (default) or towers (the 2012 AlexNet's 2-GPU split)")
+    p.add_argument("--network-gbit", type=float, help="inter-node bandwidth per node in Gbit/s (default: catalog)")
+    p.add_argument("--link-gbs", type=float, help="intra-node bandwidth per device in GB/s (default: catalog)")
+    p.add_argument("--epoch-overhead", type=float, help="seconds per epoch outside the steps (default: by data)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model idea switch, repeatable (e.g. residual=false)")
+    p.add_argument("--measure", action="store_true", help="time real training steps here first and predict a run "
+                   "on this machine from them (one device; leave out --device)")
+    p.add_argument("--measure-seconds", type=float, default=3.0, help="how long to time steps (default 3)")
+    p.add_argument("--canon", action="store_true", help="the canon's cost table: alexnet, vgg16, googlenet, "
+                   "resnet50 for --epochs ImageNet epochs on --devices devices of each generation")
+    p.add_argument("--validate", action="store_true", help="predictions for the published runs vs their figures")
+    p.add_argument("--catalog", action="store_true", help="list the device catalog")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def _device_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts):
+        raise ValueError(f"--devices must be a positive integer or a comma list of them (e.g. 8 or 1,8,64), "
+                         f"got {text!r}")
+    return counts
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days ({seconds / 3600:,.0f} h)"
+
+
+def _rows(e) -> list[dict[str, object]]:
+    m = e.memory
+    util = f" ({e.utilization:.0%} of peak)" if e.utilization is not None else ""
+    rows = [
+        ("model", f"{e.model} at {e.input_size}, {e.gflops_per_image:.3g} GFLOPs per training image"),
+        ("run", f"{e.epochs:g} epoch{'' if e.epochs == 1 else 's'} of {e.data} ({e.train_images:,} images), "
+                f"{e.optimizer}"),
+        ("devices", f"{e.devices} x {e.device} on {e.nodes} node(s), {e.precision}, {e.parallel} parallel"),
+        ("batch", f"{e.global_batch:,} global, {e.per_device_batch:,} per device"),
+        ("throughput", f"{e.images_per_s:,.1f} images/s, {e.achieved_tflops:.3g} TFLOP/s per device{util}"),
+        ("step", f"{e.step_s * 1e3:,.1f} ms: compute {e.compute_s * 1e3:,.1f} ms + exposed communication "
+                 f"{e.exposed_comm_s * 1e3:,.1f} ms (of {e.allreduce_s * 1e3:,.1f} ms)"),
+        ("scaling efficiency", f"{e.scaling_efficiency:.1%} of {e.devices} x one device"),
+        ("epoch", f"{_duration(e.epoch_s)} (evaluation {_duration(e.eval_s)}, overhead {_duration(e.overhead_s)})"),
+        ("total", _duration(e.total_s)),
+        ("memory per device", f"weights {m.weights_gib:.2f} + gradients {m.gradients_gib:.2f} + optimizer "
+                              f"{m.optimizer_gib:.2f} + activations {m.activations_gib:.2f} + reserved "
+                              f"{m.reserved_gib:.2f} = {m.total_gib:.2f} GiB of {m.device_gib:.1f}"),
+        ("verdict", m.verdict),
+    ]  # fmt: skip
+    rows += [("note", note) for note in e.notes]
+    return [{"quantity": k, "value": v} for k, v in rows]
+
+
+def _scaling_row(e) -> dict[str, object]:
+    return {
+        "devices": e.devices, "nodes": e.nodes, "global_batch": e.global_batch,
+        "images_per_s": round(e.images_per_s, 1), "step_ms": round(e.step_s * 1e3, 1),
+        "exposed_comm_ms": round(e.exposed_comm_s * 1e3, 1),
+        "scaling_efficiency": round(e.scaling_efficiency, 3), "epoch_min": round(e.epoch_s / 60, 2),
+        "total_hours": round(e.total_hours, 2), "fits": e.memory.fits, "memory_gib": round(e.memory.total_gib, 2),
+    }  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import estimate as est
+    from ..train.config import parse_model_options
+
+    if args.catalog:
+        emit([d.as_row() for d in est.DEVICES.values()],
+             [("device", "device"), ("year", "year"), ("fp32_tflops", "fp32"), ("tf32_tflops", "tf32"),
+              ("bf16_tflops", "bf16"), ("fp16_tflops", "fp16"), ("memory_gib", "GiB"), ("memory_gbs", "mem GB/s"),
+              ("intra_node_gbs", "link GB/s"), ("inter_node_gbit", "net Gbit/s"), ("description", "description")],
+             args.json)  # fmt: skip
+        return 0
+    if args.validate:
+        emit(est.validation_table(), [("run", "run"), ("role", "role"), ("published", "published"),
+                                  ("predicted", "predicted"), ("unit", "unit"), ("error", "error"),
+                                  ("within", "within"), ("claim", "claim")], args.json)  # fmt: skip
+        return 0
+    counts = _device_counts(args.devices)
+    if args.canon:
+        if len(counts) != 1:
+            raise ValueError("--canon takes one --devices count")
+        rows = est.canon_cost_table(epochs=args.epochs, count=counts[0])
+        emit(rows, [("model", "model"), ("device", "device"), ("precision", "precision"),
+                    ("images_per_s", "images/s"), ("hours", "hours"), ("days", "days"), ("fits", "fits"),
+                    ("accumulation_steps", "accum"), ("memory_gib", "GiB/device")], args.json)  # fmt: skip
+        return 0
+    if not args.model:
+        raise ValueError("--model is required (or one of --canon, --validate, --catalog)")
+    data = args.data if args.data is not None else (None if args.images else "imagenet")
+    if data is not None:
+        est.get_dataset(data)
+    options = parse_model_options(args.model_option)
+    common = dict(
+        data=data, images=args.images, val_images=args.val_images, epochs=args.epochs, nodes=args.nodes,
+        precision=args.precision, batch_size=args.batch_size, optimizer=args.optimizer, parallel=args.parallel,
+        image_size=args.image_size, network_gbit=args.network_gbit, link_gbs=args.link_gbs,
+        epoch_overhead_s=args.epoch_overhead, model_options=options,
+    )  # fmt: skip
+
+    if args.measure:
+        if args.device:
+            raise ValueError("--measure times this machine: leave out --device")
+        if counts != [1] or (args.nodes or 1) != 1:
+            raise ValueError("--measure predicts a run on this machine's one device: use --devices 1")
+        # Check every flag with a dry estimate on the generic CPU entry before spending time on the measurement.
+        est.estimate(args.model, device="cpu", **{**common, "precision": "fp32"})
+        plan = est.plan_input(args.model, data, args.image_size, options)
+        batch = args.batch_size or 128
+        measured = est.measure_local(
+            args.model, batch_size=batch, image_size=plan.image_size, num_classes=plan.num_classes,
+            precision=args.precision, seconds=args.measure_seconds,
+            model_options={**options, "in_chans": plan.in_chans},
+        )  # fmt: skip
+        results = [est.estimate(args.model, measured=measured, **common)]
+    else:
+        results = [est.estimate(args.model, device=args.device, devices=n, **common) for n in counts]
+
+    if len(results) == 1:
+        if args.json:
+            emit([results[0].as_dict()], [], True)
+        else:
+            emit(_rows(results[0]), [("quantity", "quantity"), ("value", "value")], False)
+        return 0
+    emit([_scaling_row(e) for e in results],
+         [("devices", "devices"), ("nodes", "nodes"), ("global_batch", "batch"), ("images_per_s", "images/s"),
+          ("step_ms", "step ms"), ("exposed_comm_ms", "exposed comm ms"), ("scaling_efficiency", "efficiency"),
+          ("epoch_min", "epoch min"), ("total_hours", "total h"), ("fits", "fits"), ("memory_gib", "GiB/device")],
+         args.json)  # fmt: skip
+    return 0

@@ -1,0 +1,485 @@
+"""The cost model: from a model's measured work and a device's datasheet to wall-clock, scaling and memory.
+
+Per image, on one device (the kernels of a CNN run one after another, each bound by one resource, so times add):
+
+    t_image = 3 * 2 * MACs_eff / (peak[precision] * MATMUL_EFFICIENCY[arch] * PRECISION_EFFICIENCY[precision])
+            + ACTIVATION_ACCESSES * elements_written * bytes[precision] / (memory_bandwidth * MEMORY_EFFICIENCY)
+
+MACs_eff counts the Winograd-eligible 3x3 convolutions at 1/WINOGRAD_SPEEDUP of their direct cost on devices whose
+library uses Winograd in fp32. A step adds the optimizer's pass over the parameters (memory bound) and is never shorter
+than the host's time to launch its operations. Data parallelism adds a ring all-reduce of the fp32 gradients,
+``2 (D-1)/D * bytes / bandwidth`` over the slowest link of the ring plus ``2 (D-1)`` hop latencies, of which at most
+OVERLAP_FRACTION hides behind the backward pass. The paper's two-GPU AlexNet ("towers") halves each device's work and
+adds the activation exchange at the layers that read both towers, on the critical path. An epoch adds the evaluation
+pass and a fixed recipe overhead (validation loader, checkpoint).
+
+There is no per-family fudge factor: families differ through what is measured of them (VGG's work is almost all
+Winograd-eligible 3x3 convolutions; ResNet's and GoogLeNet's batch norms and ReLUs make memory traffic a large share;
+AlexNet's LRN too). The input pipeline is assumed to keep up (the calibration runs' own loaders did).
+
+Calibration. Each fitted constant is the value that reproduces one published run; ``validation.calibrate()``
+re-derives them and tests/test_estimate.py checks that the source holds their fit:
+
+- MATMUL_EFFICIENCY[pascal]: Goyal et al. 2017's single-server baseline, ResNet-50 on 8x P100 in 29 h (Caffe2, real
+  data: 138 img/s per GPU);
+- WINOGRAD_SPEEDUP: the VGG16 / ResNet-50 throughput ratio on one P100 in TensorFlow's May 2017 benchmarks (154 / 219);
+- MATMUL_EFFICIENCY[kepler] (and [fermi], the closest calibrated generation): TensorFlow's K80 ResNet-50, 51.9 img/s;
+- MATMUL_EFFICIENCY[volta, ampere, hopper]: NVIDIA DeepLearningExamples (DLE) ResNet-50 v1.5 AMP on 1x V100, 1200 img/s;
+- PRECISION_EFFICIENCY[tf32]: DLE TF32 on 1x A100, 938 img/s;
+- EPOCH_OVERHEAD_S[files]: DLE AMP on 8x V100, ~5 h for 90 epochs;
+- OVERLAP_FRACTION: Horovod's ResNet-101 at 512 GPUs, 90% scaling efficiency.
+
+The efficiencies differ between generations partly because the software of each calibration run differs (Caffe2 in
+2017, PyTorch with NHWC and cuDNN 8 in 2021): they are the share of peak a good run of that era reached, not a
+property of the silicon. H100 and H200 take the Volta/Ampere figure; no published run checks them.
+
+Held out, predicted without touching a constant (``validation.PUBLISHED_RUNS`` lists them with their sources):
+AlexNet on 2x GTX 580 (five to six days), ResNet-50 AMP on 1x and 8x A100 (~14 h, ~3 h), ResNet-50 AMP and FP32 on
+1x V100 (~29 h, ~92 h), ResNet-50 on 256 P100s (~1 h at ~90% scaling), VGG-16 on 512 GPUs (68%). Every other constant
+comes from hardware documentation or first principles and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from .catalog import DATASETS, DEVICES, PRECISIONS, Device, get_dataset, get_device
+from .workload import Workload, measure_workload, smallest_input
+
+if TYPE_CHECKING:
+    from .measure import Measurement
+
+GIB = 1024**3
+
+# ---- compute -----------------------------------------------------------------------------------------------------
+# Fraction of the precision's peak that convolution and linear kernels reach in a real training run (framework,
+# library and stragglers included), with the memory-bound work priced separately. Pascal: Goyal et al.'s 8x P100
+# baseline (29 h). Kepler: TensorFlow's K80 ResNet-50 (51.9 img/s). Fermi: Kepler's, the closest calibrated generation
+# (the AlexNet run on GTX 580s is held out). Volta and newer: DLE's 1x V100 AMP ResNet-50 (1200 img/s). CPU: no
+# published run; 0.30 is a typical share for oneDNN training convolutions, and --measure replaces it.
+MATMUL_EFFICIENCY: dict[str, float] = {
+    "fermi": 0.27, "kepler": 0.27, "pascal": 0.29, "volta": 0.64, "ampere": 0.64, "hopper": 0.64, "cpu": 0.30,
+}  # fmt: skip
+# Relative to MATMUL_EFFICIENCY. TF32 convolutions reach a smaller share of their peak than fp16/bf16 ones: calibrated
+# on DLE's 1x A100 TF32 ResNet-50 (938 img/s). fp16/bf16 and fp32 share one figure: DLE's FP32 V100 run (~92 h) and its
+# A100 AMP runs are held out and confirm it.
+PRECISION_EFFICIENCY: dict[str, float] = {"fp32": 1.0, "tf32": 0.41, "bf16": 1.0, "fp16": 1.0}
+# Effective speed-up of Winograd's minimal filtering on 3x3 stride-1 convolutions in fp32 (Lavin & Gray 2016: F(2x2,3x3)
+# needs 2.25x fewer multiplies, F(4x4,3x3) 4x, less the transforms). Calibrated on the TensorFlow P100 benchmark's
+# VGG16 / ResNet-50 throughput ratio (154 / 219 img/s), which no other constant affects.
+WINOGRAD_SPEEDUP = 3.4
+# Sustained fraction of peak DRAM bandwidth for streaming kernels (STREAM-like copy/triad on GPUs reach 80-90%).
+MEMORY_EFFICIENCY = 0.8
+# DRAM accesses per activation element in one training step: the forward writes it and the next op reads it (2), the
+# backward reads the saved value, writes its gradient and reads that gradient again (3).
+ACTIVATION_ACCESSES = 5
+PRECISION_BYTES: dict[str, int] = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+# Optimizer step: fp32 words read and written per parameter (SGD with momentum: read w, g, m; write w, m. AdamW: read w,
+# g, m, v; write w, m, v) and optimizer state copies per parameter.
+OPTIMIZER_WORDS_PER_PARAM: dict[str, int] = {"sgd": 5, "adamw": 7}
+OPTIMIZER_STATE_COPIES: dict[str, int] = {"sgd": 1, "adamw": 2}
+# Host time per operation in PyTorch eager mode (Python, dispatcher, autograd bookkeeping; on a GPU the asynchronous
+# kernel launch, on a CPU also the oneDNN primitive set-up of small kernels), and operations per training step per
+# forward operation (the backward runs about two per forward op). A GPU step cannot be shorter than the host's dispatch
+# time; on a CPU the same cores do both, so the times add. Typical profiler figures, not calibrated on a published run.
+HOST_SECONDS_PER_OP: dict[str, float] = {"gpu": 10e-6, "cpu": 20e-6}
+OPS_PER_STEP_PER_FORWARD_OP = 3
+# An evaluation image costs a forward pass: a third of a training image.
+EVAL_COST_FRACTION = 1 / 3
+
+# ---- communication -----------------------------------------------------------------------------------------------
+# Achieved all-reduce bus bandwidth as a fraction of the nominal link rate (nccl-tests on NVLink, InfiniBand, RoCE).
+LINK_EFFICIENCY = 0.8
+# Latency of one step of a ring all-reduce (NCCL over RDMA: a few microseconds); a ring of D devices takes 2 (D-1)
+# steps, paid once per step (the gradient buckets pipeline behind the first).
+RING_STEP_LATENCY_S = 5e-6
+# Share of the all-reduce time that can overlap the backward pass (the gradients of the last-computed layers can only
+# be reduced after it ends, and the reduction competes with it for the GPU's memory): calibrated on Horovod's
+# ResNet-101 at 512 GPUs (90%).
+OVERLAP_FRACTION = 0.34
+GRADIENT_BYTES = 4  # gradients are reduced in fp32: autocast keeps fp32 master weights, and so fp32 gradients
+
+# ---- recipe ------------------------------------------------------------------------------------------------------
+# Per-epoch wall-clock outside the training steps that more devices do not shorten: restarting the data loader's
+# workers, writing the checkpoint, logging. File data on an accelerator: calibrated on DLE's 8x V100 AMP run (~5 h for
+# 90 epochs, of which the model's steps and evaluation take 3.4 h). DLE's own throughput column implies 3.85 h of steps
+# (46 s per epoch left over): the figure is rounded, the constant is loose. In-memory data sets (CIFAR, MNIST, digits)
+# and CPU runs restart nothing worth counting: a checkpoint write.
+EPOCH_OVERHEAD_S: dict[str, float] = {"files": 64.0, "memory": 0.5}
+
+# ---- memory ------------------------------------------------------------------------------------------------------
+# Under fp16/bf16 autocast, PyTorch keeps fp32 weights and caches a half-precision copy of each for the step.
+AUTOCAST_WEIGHT_BYTES = 2
+# Per GPU: CUDA context, cuDNN/cuBLAS workspaces and handles. CPUs have none of these.
+RESERVED_GIB: dict[str, float] = {"gpu": 0.75, "cpu": 0.0}
+# Share of device memory the caching allocator can hand out before fragmentation bites.
+USABLE_MEMORY_FRACTION = 0.9
+
+DEFAULT_BATCH_PER_DEVICE = 128
+IMAGENET_SIDE = 224  # models whose default input is this large are ImageNet models
+OPTIMIZERS = ("sgd", "adamw")
+PARALLEL = ("data", "towers")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Memory per device at the run's per-device batch, and what makes it fit when it does not."""
+
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    reserved_gib: float
+    total_gib: float
+    device_gib: float
+    fits: bool
+    micro_batch: int  # largest per-device micro-batch that fits (0: not even one image)
+    accumulation_steps: int  # micro-batches per optimizer step that make the batch fit (1 when it fits)
+    pipeline_stages: int  # devices one replica must span when even one image does not fit (1 otherwise)
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A predicted training run. Times in seconds unless the name says otherwise."""
+
+    model: str
+    data: str
+    input_size: str
+    epochs: float
+    train_images: int
+    device: str
+    devices: int
+    nodes: int
+    precision: str
+    parallel: str
+    optimizer: str
+    global_batch: int
+    per_device_batch: int
+    images_per_s: float
+    step_s: float
+    compute_s: float  # per step, one device, communication excluded
+    allreduce_s: float  # per step, whole gradient all-reduce (0 without data parallelism)
+    exposed_comm_s: float  # per step, communication not hidden behind the backward pass
+    epoch_s: float
+    eval_s: float  # per epoch
+    overhead_s: float  # per epoch
+    total_s: float
+    scaling_efficiency: float  # throughput / (devices x one device's throughput at the same per-device batch)
+    gflops_per_image: float
+    achieved_tflops: float  # per device
+    utilization: float | None  # achieved / peak at this precision
+    memory: MemoryPlan
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def total_hours(self) -> float:
+        return self.total_s / 3600
+
+    @property
+    def total_days(self) -> float:
+        return self.total_s / 86400
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out.update(total_hours=self.total_hours, total_days=self.total_days, notes=list(self.notes))
+        return out
+
+
+def _check_positive(flag: str, value: float | None, integer: bool = True) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or (integer and not isinstance(value, int)) or not value > 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"{flag} must be {kind}, got {value!r}")
+
+
+def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class _Step:
+    device_s: float  # arithmetic + memory + optimizer on the device
+    backward_s: float
+    host_s: float
+    total_s: float  # the step without communication
+
+
+def _step_time(w: Workload, dev: Device, precision: str, batch: int, optimizer: str, share: float = 1.0,
+               per_image_s: float | None = None) -> _Step:
+    """One device's step for ``batch`` images, doing ``share`` of the model's work (0.5 for one tower)."""
+    if per_image_s is not None:  # a measured step: optimizer and host dispatch are already in it
+        t_work = batch * share * per_image_s
+        return _Step(t_work, t_work * 2 / 3, 0.0, t_work)
+    t_work = batch * share * _image_time(w, dev, precision)
+    t_opt = share * w.params * OPTIMIZER_WORDS_PER_PARAM[optimizer] * 4 / (dev.memory_gbs * 1e9 * MEMORY_EFFICIENCY)
+    device_s = t_work + t_opt
+    on_cpu = dev.arch == "cpu"
+    host_s = w.forward_ops * OPS_PER_STEP_PER_FORWARD_OP * HOST_SECONDS_PER_OP["cpu" if on_cpu else "gpu"]
+    total = device_s + host_s if on_cpu else max(device_s, host_s)
+    return _Step(device_s, t_work * 2 / 3, host_s, total)
+
+
+def _image_time(w: Workload, dev: Device, precision: str) -> float:
+    """Seconds of device time per training image (arithmetic + memory traffic)."""
+    macs = w.macs
+    if dev.winograd and precision == "fp32":
+        macs -= w.winograd_macs * (1 - 1 / WINOGRAD_SPEEDUP)
+    peak = dev.peak(precision) * 1e12  # type: ignore[operator]
+    t_math = 3 * 2 * macs / (peak * MATMUL_EFFICIENCY[dev.arch] * PRECISION_EFFICIENCY[precision])
+    t_mem = ACTIVATION_ACCESSES * w.written_elements * PRECISION_BYTES[precision] / (dev.memory_gbs * 1e9
+                                                                                    * MEMORY_EFFICIENCY)
+    return t_math + t_mem
+
+
+def allreduce_time(grad_bytes: float, devices: int, nodes: int, dev: Device, inter_node_gbs: float | None = None,
+                   intra_node_gbs: float | None = None) -> float:
+    """Ring all-reduce of ``grad_bytes`` over ``devices`` on ``nodes``: 2 (D-1)/D x bytes over the slowest link."""
+    if devices == 1:
+        return 0.0
+    intra = intra_node_gbs or dev.intra_node_gbs
+    link = intra if nodes == 1 else min(intra, inter_node_gbs or dev.inter_node_gbs)
+    steps = 2 * (devices - 1)
+    return steps / devices * grad_bytes / (link * 1e9 * LINK_EFFICIENCY) + steps * RING_STEP_LATENCY_S
+
+
+def memory_plan(w: Workload, dev: Device, precision: str, per_device_batch: int, optimizer: str = "sgd",
+                share: float = 1.0, memory_gib: float | None = None) -> MemoryPlan:
+    """Memory per device: weights, gradients, optimizer state, saved activations x batch, reserve; and a way to fit."""
+    weight_bytes = 4 + (AUTOCAST_WEIGHT_BYTES if precision in ("fp16", "bf16") else 0)
+    params = w.params * share
+    weights = params * weight_bytes
+    grads = params * 4
+    opt = params * 4 * OPTIMIZER_STATE_COPIES[optimizer]
+    per_image = share * (w.saved_float_elements * PRECISION_BYTES[precision] + w.saved_other_bytes)
+    reserved = RESERVED_GIB["cpu" if dev.arch == "cpu" else "gpu"] * GIB
+    capacity = (memory_gib if memory_gib is not None else dev.memory_gib) * GIB
+    usable = capacity * USABLE_MEMORY_FRACTION
+    static = weights + grads + opt + reserved
+    total = static + per_image * per_device_batch
+    micro = int(max(0.0, (usable - static) // per_image)) if per_image else per_device_batch
+    micro = min(micro, per_device_batch)
+    fits = total <= usable
+    stages, accum = 1, 1
+    if fits:
+        verdict = f"fits: {total / GIB:.1f} of {capacity / GIB:.1f} GiB"
+    elif micro >= 1:
+        accum = math.ceil(per_device_batch / micro)
+        micro = math.ceil(per_device_batch / accum)
+        verdict = (f"does not fit ({total / GIB:.1f} of {capacity / GIB:.1f} GiB): use {accum} accumulation steps "
+                   f"of micro-batch {micro}")
+    else:
+        # 1F1B pipeline: a stage holds 1/S of the static state, and activations of 1/S of the layers for the S
+        # micro-batches in flight, i.e. about one micro-batch of the whole model's activations.
+        room = usable - reserved - per_image
+        if room <= 0:
+            verdict = (f"does not fit: the activations of one image ({per_image / GIB:.2f} GiB) exceed the device; "
+                       "use a smaller image size or activation checkpointing")
+            stages = 0
+        else:
+            stages = math.ceil((static - reserved) / room)
+            micro, accum = 1, per_device_batch
+            verdict = (f"does not fit: the weights and optimizer state alone need {static / GIB:.1f} GiB; split the "
+                       f"model into {stages} pipeline stages with micro-batch 1")
+    return MemoryPlan(
+        weights_gib=weights / GIB, gradients_gib=grads / GIB, optimizer_gib=opt / GIB,
+        activations_gib=per_image * per_device_batch / GIB, reserved_gib=reserved / GIB, total_gib=total / GIB,
+        device_gib=capacity / GIB, fits=fits, micro_batch=micro, accumulation_steps=accum, pipeline_stages=stages,
+        verdict=verdict,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What the run feeds the model: the profiled image side (None: the model's default), classes, channels."""
+
+    image_size: int | None
+    num_classes: int | None
+    in_chans: int | None
+    notes: tuple[str, ...]
+
+
+def plan_input(model: str, data: str | None, image_size: int | None = None,
+               model_options: dict[str, object] | None = None) -> InputPlan:
+    """Size, classes and channels of a run, and notes: an ImageNet model on small images, a model too big for them."""
+    from ..registry import model_info
+
+    dataset = get_dataset(data) if data is not None else None
+    options = dict(model_options or {})
+    num_classes = options.pop("num_classes", dataset.num_classes if dataset else None)
+    in_chans = options.pop("in_chans", dataset.in_chans if dataset else None)
+    info = model_info(model)
+    default = info.input_size[1]
+    notes: list[str] = []
+    if image_size:
+        side = image_size
+    elif dataset is not None and dataset.image_size:
+        side = dataset.image_size
+        if default >= IMAGENET_SIDE > side:
+            small = "resnet20..110, vgg16_cifar, alexnet_cifar or googlenet_cifar"
+            notes.append(f"{model} is an ImageNet model ({default}x{default} input) and {dataset.name} has "
+                         f"{side}x{side} images; the small-image models ({small}) are built for them")
+    elif dataset is not None and default < IMAGENET_SIDE:  # ImageNet-style crops for a small-image model
+        side = IMAGENET_SIDE
+        notes.append(f"{model} is a small-image model ({default}x{default}); estimated at {dataset.name}'s "
+                     f"{side}x{side} crops")
+    else:
+        side = default
+    if side == default:
+        return InputPlan(None, num_classes, in_chans, tuple(notes))  # type: ignore[arg-type]
+    smallest = smallest_input(model, in_chans=in_chans, **options) if in_chans else smallest_input(model, **options)
+    if side < smallest:
+        notes.append(f"{model} needs at least {smallest}x{smallest} input, so the images would be upscaled: estimated "
+                     f"at its default {default}x{default} (convcanon train needs --image-size {smallest} or more)")
+        return InputPlan(None, num_classes, in_chans, tuple(notes))  # type: ignore[arg-type]
+    if not notes:
+        notes.append(f"estimated at {side}x{side} (the model's default is {default}x{default})")
+    return InputPlan(side, num_classes, in_chans, tuple(notes))  # type: ignore[arg-type]
+
+
+def estimate(
+    model: str,
+    *,
+    data: str | None = "imagenet",
+    images: int | None = None,
+    val_images: int | None = None,
+    epochs: float = 90,
+    device: str | Device | None = None,
+    devices: int = 1,
+    nodes: int | None = None,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    optimizer: str = "sgd",
+    parallel: str = "data",
+    image_size: int | None = None,
+    network_gbit: float | None = None,
+    link_gbs: float | None = None,
+    epoch_overhead_s: float | None = None,
+    model_options: dict[str, object] | None = None,
+    measured: Measurement | None = None,
+) -> Estimate:
+    """Predict a training run. ``batch_size`` is the global batch (default 128 per device).
+
+    ``data`` names a data set of the catalog (``DATASETS``) or is None with ``images`` giving the training-set size;
+    ``images`` also overrides a named set's size. ``device`` is a catalog name (``DEVICES``); or ``measured``, a
+    :class:`~convcanon.estimate.measure.Measurement` of this machine, whose timed step replaces the datasheet model
+    (one device). Raises ValueError naming the flag at fault before any work.
+    """
+    options = dict(model_options or {})
+    if data is None and images is None:
+        raise ValueError("give --data (a known data set) or --images N (your training-set size)")
+    dataset = get_dataset(data) if data is not None else None
+    for flag, value in (("--devices", devices), ("--nodes", nodes), ("--images", images), ("--batch-size", batch_size),
+                        ("--image-size", image_size)):  # fmt: skip
+        _check_positive(flag, value)
+    _check_positive("--epochs", epochs, integer=False)
+    _check_positive("--network-gbit", network_gbit, integer=False)
+    _check_positive("--link-gbs", link_gbs, integer=False)
+    if val_images is not None and (isinstance(val_images, bool) or not isinstance(val_images, int) or val_images < 0):
+        raise ValueError(f"--val-images must be an integer >= 0, got {val_images!r}")
+    if epoch_overhead_s is not None and not epoch_overhead_s >= 0:
+        raise ValueError(f"--epoch-overhead must be >= 0 seconds, got {epoch_overhead_s!r}")
+    _choice("--precision", precision, PRECISIONS)
+    _choice("--optimizer", optimizer, OPTIMIZERS)
+    _choice("--parallel", parallel, PARALLEL)
+    if measured is not None:
+        if device is not None:
+            raise ValueError("--measure times this machine: leave out --device")
+        if precision != measured.precision:
+            raise ValueError(f"--precision {precision} differs from the measured run's {measured.precision}")
+        dev = measured.as_device()
+    elif device is None:
+        raise ValueError(f"give --device (one of: {', '.join(DEVICES)}) or --measure")
+    else:
+        dev = device if isinstance(device, Device) else get_device(device)
+        if not dev.peak(precision):
+            raise ValueError(f"--precision {precision} has no fast path on --device {dev.name}; choices there: "
+                             f"{', '.join(dev.precisions())}")
+    nodes = nodes or math.ceil(devices / dev.devices_per_node)
+    if devices % nodes:
+        raise ValueError(f"--devices {devices} cannot be spread evenly over --nodes {nodes}")
+    if parallel == "towers" and (devices != 2 or nodes != 1):
+        raise ValueError(f"--parallel towers is the paper's two-GPU AlexNet layout: it needs --devices 2 on one node, "
+                         f"got --devices {devices} --nodes {nodes}")
+    if measured is not None and devices != 1:
+        raise ValueError("--measure times one local device: use --devices 1 (the scaling model needs a catalog "
+                         "--device)")
+    replicas = devices if parallel == "data" else 1
+    global_batch = batch_size or DEFAULT_BATCH_PER_DEVICE * replicas
+    if global_batch % replicas:
+        raise ValueError(f"--batch-size {global_batch} must be a multiple of --devices {devices} (the global batch "
+                         f"is split evenly)")
+    per_device = global_batch // replicas
+
+    train_images = images or dataset.train_images  # type: ignore[union-attr]
+    val = val_images if val_images is not None else (dataset.val_images if dataset and images is None else 0)
+    plan = plan_input(model, data, image_size, options)
+    notes = list(plan.notes)
+    options.pop("num_classes", None)
+    options["in_chans"] = plan.in_chans
+    w = measure_workload(model, num_classes=plan.num_classes, image_size=plan.image_size, **options)
+    if parallel == "towers" and w.towers != 2:
+        raise ValueError(f"--parallel towers needs a two-tower model (alexnet or alexnet_cifar with towers=2); "
+                         f"{model} as built here has one tower: use --parallel data")
+
+    per_image_s = None
+    if measured is not None:
+        if (measured.model, measured.input_size) != (model, w.input_size):
+            raise ValueError(f"the measurement is of {measured.model} at {measured.input_size}, the run is {model} at "
+                             f"{w.input_size}: measure the run's own model and image size")
+        per_image_s = measured.step_s / measured.batch_size
+        notes.append(f"step time measured on this machine ({measured.device}): {measured.images_per_s:.1f} img/s at "
+                     f"batch {measured.batch_size}; the input pipeline is not timed")
+
+    share = 0.5 if parallel == "towers" else 1.0
+    step = _step_time(w, dev, precision, per_device, optimizer, share, per_image_s)
+    comm = exposed = 0.0
+    if parallel == "data":
+        comm = allreduce_time(w.params * GRADIENT_BYTES, devices, nodes, dev,
+                              inter_node_gbs=network_gbit / 8 if network_gbit else None, intra_node_gbs=link_gbs)
+        exposed = comm - min(OVERLAP_FRACTION * comm, step.backward_s)
+        one = step.total_s
+    else:
+        # Both tower GPUs send their half of the crossing layers' inputs (forward) and of the gradients wrt them
+        # (backward) at once, over the PCIe/NVLink link; the next layer waits for them, so nothing hides this.
+        link = (link_gbs or dev.intra_node_gbs) * 1e9 * LINK_EFFICIENCY
+        exposed = comm = 2 * per_device * w.tower_exchange_elements * PRECISION_BYTES[precision] / link
+        one = _step_time(w, dev, precision, per_device, optimizer, 1.0, per_image_s).total_s
+        notes.append("model parallel as in Krizhevsky et al. 2012: each GPU holds one tower (half of every layer) and "
+                     "runs the whole batch through it; the GPUs exchange activations at conv3 and the FC layers")
+    step_s = step.total_s + exposed
+    images_per_s = global_batch / step_s
+    # Weak scaling, as Goyal et al. and Horovod measure it: the same per-device batch on one device. Two towers are
+    # compared with one device running the whole model on the whole batch.
+    efficiency = one / step_s if parallel == "data" else one / (2 * step_s)
+
+    steps_per_epoch = math.ceil(train_images / global_batch)
+    image_s = per_image_s if per_image_s is not None else _image_time(w, dev, precision)
+    eval_s = val * image_s * share * EVAL_COST_FRACTION / replicas
+    if epoch_overhead_s is None:
+        in_memory = dataset is not None and dataset.in_memory
+        epoch_overhead_s = EPOCH_OVERHEAD_S["memory" if in_memory or dev.arch == "cpu" else "files"]
+    epoch_s = steps_per_epoch * step_s + eval_s + epoch_overhead_s
+    peak = None if measured is not None else dev.peak(precision)
+    achieved = w.flops_per_image * share * per_device / step_s / 1e12
+    mem = memory_plan(w, dev, precision, per_device, optimizer, share)
+    return Estimate(
+        model=model, data=dataset.name if dataset and images is None else f"{train_images} images",
+        input_size="x".join(map(str, w.input_size)), epochs=epochs, train_images=train_images,
+        device=dev.name if measured is None else f"local {measured.device}",
+        devices=devices, nodes=nodes, precision=precision, parallel=parallel, optimizer=optimizer,
+        global_batch=global_batch, per_device_batch=per_device, images_per_s=images_per_s, step_s=step_s,
+        compute_s=step.total_s, allreduce_s=comm, exposed_comm_s=exposed, epoch_s=epoch_s, eval_s=eval_s,
+        overhead_s=epoch_overhead_s, total_s=epochs * epoch_s, scaling_efficiency=efficiency,
+        gflops_per_image=w.flops_per_image / 1e9, achieved_tflops=achieved,
+        utilization=achieved / peak if peak else None, memory=mem, notes=tuple(notes),
+    )  # fmt: skip
+
+
+__all__ = [
+    "DATASETS", "Estimate", "InputPlan", "MemoryPlan", "allreduce_time", "estimate", "memory_plan", "plan_input",
+]  # fmt: skip
