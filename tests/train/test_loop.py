@@ -200,3 +200,19 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, uninterrupted):
     resumed = _weights(out)
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+def test_eval_command_reports_the_best_checkpoint(tmp_path, capsys):
+    from convcanon.cli import main
+
+    run = _run(tmp_path, "r", epochs=2, batch_size=64)
+    best = max(json.loads(line)["top1"] for line in (run / "metrics.jsonl").read_text().splitlines()
+               if '"eval"' in line)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 360
+    assert result["top1"] == pytest.approx(best, abs=1e-9)  # the same weights on the same images
+    assert sum(row["samples"] for row in result["per_class"]) == 360
+    assert sum(sum(r) for r in result["confusion"]) == 360
+    assert Path(result["plot"]).stat().st_size > 1000
