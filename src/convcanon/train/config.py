@@ -21,6 +21,8 @@ import yaml
 Optimizer = Literal["sgd", "adamw"]
 Amp = Literal["auto", "off", "bf16", "fp16"]
 Schedule = Literal["cosine", "step", "constant"]
+PipelineSchedule = Literal["gpipe", "1f1b"]
+PipelineBalance = Literal["flops", "time"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes for file data
 
     # optimization; lr is the base LR at base_batch and is scaled linearly to the global batch (Goyal et al. 2017)
-    epochs: int = 15
+    epochs: int = 30
     batch_size: int = 64  # per device, per micro-batch
     accum_steps: int = 1  # micro-batches per optimizer step
     lr: float = 0.1
@@ -55,12 +57,22 @@ class TrainConfig:
 
     # engineering
     amp: Amp = "auto"  # auto = bf16 on GPUs that support it, off on CPU
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool | None = None  # None = auto: NHWC except for models with LRN (train/engine.py)
+    compile: bool | None = None  # None = auto: on GPU (Triton), off on CPU (train/engine.py)
+    activation_checkpointing: bool = False  # recompute ResNet blocks in backward: less memory, ~1/3 more compute
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     sync_bn: bool = False
     seed: int = 0
     deterministic: bool = False
+
+    # scaling out (issue 3): data parallelism under torchrun, pipeline model parallelism
+    dist_backend: str | None = None  # gloo | nccl | mpi | ucc | xccl; default: nccl on CUDA, gloo on CPU
+    dist_timeout: float = 300.0  # seconds a rank may be silent before the others stop the job naming it
+    pipeline_stages: int = 1  # K > 1: split the model's layers over K processes (torchrun --nproc-per-node K)
+    microbatches: int = 4  # pipeline micro-batches per optimizer step; batch_size is split into this many
+    pipeline_schedule: PipelineSchedule = "1f1b"  # gpipe | 1f1b: same result, 1F1B holds fewer activations
+    pipeline_split: list[int] = field(default_factory=list)  # layers per stage, e.g. [5, 6]; empty = balance by cost
+    pipeline_balance: PipelineBalance = "flops"  # cost per layer for the automatic split: flops | time (measured)
 
     # run directory
     out: str | None = None
@@ -72,7 +84,10 @@ class TrainConfig:
 
 
 # Keys a resumed run may change; everything else must match the run it continues.
-RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "progress", "keep_checkpoints", "log_every", "max_steps"})
+RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "progress", "keep_checkpoints", "log_every", "max_steps",
+                                # engineering only; and batch_size / accum_steps so that a run can resume on another
+                                # number of processes with the same global batch (the loop checks that it is the same)
+                                "dist_backend", "dist_timeout", "batch_size", "accum_steps"})
 
 
 def _field_types() -> dict[str, Any]:
@@ -157,6 +172,34 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     for key in ("checkpoint_every", "max_steps", "workers"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{where}: {key} must be >= 0; got {getattr(cfg, key)}")
+    _validate_scaling(cfg, where)
+
+
+def _validate_scaling(cfg: TrainConfig, where: str) -> None:
+    from .distributed import BACKENDS
+
+    if cfg.dist_backend is not None and cfg.dist_backend not in BACKENDS:
+        raise ValueError(f"{where}: dist_backend must be one of {', '.join(BACKENDS)}; got {cfg.dist_backend!r}")
+    if not cfg.dist_timeout > 0 or not math.isfinite(cfg.dist_timeout):
+        raise ValueError(f"{where}: dist_timeout must be a number of seconds > 0; got {cfg.dist_timeout}")
+    for key in ("pipeline_stages", "microbatches"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{where}: {key} must be >= 1; got {getattr(cfg, key)}")
+    if cfg.pipeline_split and len(cfg.pipeline_split) != cfg.pipeline_stages:
+        raise ValueError(f"{where}: pipeline_split gives {len(cfg.pipeline_split)} stage sizes "
+                         f"{cfg.pipeline_split} for pipeline_stages {cfg.pipeline_stages}: give one per stage")
+    if any(n < 1 for n in cfg.pipeline_split):
+        raise ValueError(f"{where}: pipeline_split sizes must be >= 1 layer each; got {cfg.pipeline_split}")
+    if cfg.pipeline_stages > 1:
+        if cfg.batch_size % cfg.microbatches:
+            raise ValueError(f"{where}: batch_size {cfg.batch_size} must be a multiple of microbatches "
+                             f"{cfg.microbatches} (the pipeline splits each batch into equal micro-batches)")
+        if cfg.accum_steps != 1:
+            raise ValueError(f"{where}: accum_steps must be 1 with pipeline_stages > 1: the pipeline accumulates "
+                             "over its micro-batches already (raise --batch-size and --microbatches instead)")
+        if cfg.sync_bn:
+            raise ValueError(f"{where}: sync_bn is for data parallelism; a pipeline has one replica (batch norm sees "
+                             "each micro-batch: see the README's pipeline section)")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -215,7 +258,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         helptext = f"(default: {default})"
         args = typing.get_args(annotation)
-        if annotation is bool:
+        if annotation is bool or set(args) == {bool, type(None)}:  # bool | None: not given = the default (auto)
+            if default is None:
+                helptext = "(default: auto)"
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif typing.get_origin(annotation) is Literal:
             parser.add_argument(flag, dest=f.name, choices=args, default=None, help=helptext)

@@ -23,6 +23,7 @@ from .. import __version__
 from ..registry import create_model, model_info, model_options
 from . import checkpoint as ckpt
 from . import distributed
+from . import engine as engine_lib
 from .config import RESUME_OVERRIDABLE, TrainConfig, config_from_dict, dump_yaml, load_yaml, to_dict
 from .evaluate import evaluate
 from .metrics import MetricsLog
@@ -103,21 +104,9 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any], given: set[str
 # Engine settings
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs with native bf16 (Ampere and newer), fp32 elsewhere. CPU bf16 is allowed when asked for:
-    it is how the bf16 path is tested without a GPU, though it is rarely faster on CPUs without AMX."""
-    if amp == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device (fp16 with loss scaling is a GPU technique); use --amp bf16")
-    return amp
-
-
-def autocast_factory(amp: str, device: torch.device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+# Precision, memory format, compilation, cuDNN autotuning and activation checkpointing are resolved once by
+# engine.resolve_engine (auto rules documented there), printed at start, and applied by the Engine.
+resolve_amp, autocast_factory = engine_lib.resolve_amp, engine_lib.autocast_factory  # kept importable from here
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
@@ -141,6 +130,57 @@ def _build_model(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Resuming on a restart or on another number of processes
+
+
+def restarted_run(cfg: TrainConfig) -> Path | None:
+    """Under ``torchrun --max-restarts N``, a restarted worker continues the run its first attempt began in ``--out``
+    (torchrun starts the same command again; without this it would refuse the non-empty ``--out``)."""
+    if distributed.restart_count() == 0 or not cfg.out:
+        return None
+    out = Path(cfg.out)
+    return out if (out / "config.yaml").exists() else None
+
+
+def resume_position(state: dict[str, Any], cfg: TrainConfig, plan: Plan, data, world_size: int, say) -> int:
+    """The micro-batch (of ``cfg.batch_size`` x ``world_size`` images) to continue the checkpoint's epoch at.
+
+    Same world size and batch: the checkpoint's own position (bit-exact on CPU). Another world size (or per-device
+    batch, or accumulation) is supported when the global batch and the images used per epoch stay the same, e.g. 2
+    processes x 32 -> 1 x 64 or 4 x 16: the data order is a function of the global position only, so every step sees
+    the same images and learning rate; sums are grouped differently, so the weights agree to rounding, not bit for
+    bit. In practice: keep ``--accum-steps`` and give ``--batch-size`` = old batch x old processes / new processes
+    (changing the accumulation changes which incomplete micro-batch ends an epoch). Anything else would be a
+    different run and is refused, naming the batch size that would fit.
+    """
+    saved = config_from_dict(state["config"], where="checkpoint")
+    old_world = int(state.get("world_size", world_size))
+    position = state["batch_in_epoch"]
+    if (old_world, saved.batch_size, saved.accum_steps) == (world_size, cfg.batch_size, cfg.accum_steps):
+        return position
+    old_plan = make_plan(saved, data.num_train_batches(saved.batch_size, old_world), old_world)
+    old_micro, new_micro = saved.batch_size * old_world, cfg.batch_size * world_size
+    same = (old_plan.global_batch == plan.global_batch and old_plan.steps_per_epoch == plan.steps_per_epoch
+            and old_plan.micro_batches_per_epoch * old_micro == plan.micro_batches_per_epoch * new_micro)
+    if not same or (position * old_micro) % new_micro:
+        hint = (f"pass --batch-size {old_micro // world_size} --accum-steps {saved.accum_steps}"
+                if old_micro % world_size == 0 else
+                f"{world_size} processes cannot share its {old_micro} images per micro-batch evenly")
+        raise ValueError(
+            f"this run was trained with {old_world} process(es) x batch {saved.batch_size} x {saved.accum_steps} "
+            f"accumulation step(s) = global batch {old_plan.global_batch}; resuming with {world_size} x "
+            f"{cfg.batch_size} x {cfg.accum_steps} = {plan.global_batch} would change the run: {hint} (the images of "
+            "each step and the learning rate then stay the same)"
+        )
+    if cfg.batch_size != saved.batch_size and not cfg.sync_bn:
+        say(f"note: batch norm (if the model has it) now sees {cfg.batch_size} images per device instead of "
+            f"{saved.batch_size}; --sync-bn normalizes over the global micro-batch instead")
+    say(f"resuming a run of {old_world} process(es) x batch {saved.batch_size} x {saved.accum_steps} as {world_size} x "
+        f"{cfg.batch_size} x {cfg.accum_steps}: the same global batch {plan.global_batch}")
+    return position * old_micro // new_micro
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -148,10 +188,16 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
     """Train ``cfg``; with ``resume``, continue the run in that directory from its newest valid checkpoint."""
     from ..data import open_data
 
+    if cfg.pipeline_stages > 1:
+        from ..parallel.pipeline import train_pipeline
+
+        return train_pipeline(cfg, resume=resume, out_stream=out_stream)
     out_stream = out_stream or sys.stdout
-    ctx = distributed.setup(cfg.device)
+    ctx = distributed.setup(cfg.device, cfg.dist_backend, cfg.dist_timeout)
     say = (lambda msg: print(msg, file=out_stream, flush=True)) if ctx.is_main else (lambda msg: None)
     t_start = time.perf_counter()
+    if resume is None and (resume := restarted_run(cfg)) is not None:
+        say(f"torchrun restart {distributed.restart_count()}: continuing the run in {resume}")
 
     run_dir = Path(resume) if resume else Path(cfg.out) if cfg.out else _default_run_dir(cfg)
     state = None
@@ -171,15 +217,13 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
     )  # fmt: skip
     info = data.info
     model = _build_model(cfg, info.num_classes, info.in_chans, info.image_size)
-    amp = resolve_amp(cfg.amp, ctx.device)
-    autocast = autocast_factory(amp, ctx.device)
+    engine = engine_lib.engine_for(cfg, ctx.device, model)
+    amp, autocast = engine.amp, engine.autocast
     plan = make_plan(cfg, data.num_train_batches(cfg.batch_size, ctx.world_size), ctx.world_size)
 
-    model.to(ctx.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = engine.prepare_model(model)
     if cfg.sync_bn and ctx.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = distributed.convert_sync_batchnorm(model, ctx.device)
     optimizer = build_optimizer(model, cfg, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == "fp16")
     task = ClassificationTask(label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
@@ -190,7 +234,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        step, epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
+        step, epoch = state["step"], state["epoch"]
+        start_batch = resume_position(state, cfg, plan, data, ctx.world_size, say)
         best_top1 = state.get("metrics", {}).get("best_top1")
 
     # The raw module holds the weights we save; `net` is what runs (maybe DDP-wrapped, maybe compiled).
@@ -199,18 +244,14 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
     if ctx.distributed:
         ddp_device = [ctx.device.index] if ctx.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
-    if cfg.compile:
-        try:
-            net = torch.compile(net)
-        except Exception as err:  # noqa: BLE001 - compilation is an optimization; eager always works
-            say(f"torch.compile unavailable ({err}); running eager")
+    net = engine.maybe_compile(net, say)
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if state is None:
             ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         ckpt.atomic_write_json(run_dir / "run.json", {
-            "plan": plan.__dict__, "amp": amp, "device": str(ctx.device),
+            "plan": plan.__dict__, "amp": amp, "engine": engine.as_dict(), "device": str(ctx.device),
             "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor()
             or platform.machine(),
             "world_size": ctx.world_size, "backend": ctx.backend, "convcanon": __version__, "torch": torch.__version__,
@@ -221,6 +262,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
         f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device {ctx.device}, "
         f"amp {amp}, {ctx.world_size} process(es)")
     say(plan.describe())
+    for line in engine.describe():
+        say(line)
     log = MetricsLog(run_dir, enabled=ctx.is_main, resume_step=step if state is not None else None)
 
     if state is not None:
@@ -234,6 +277,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
             "format": "convcanon-checkpoint", "version": 1, "model": raw.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "step": step, "epoch": ep, "batch_in_epoch": batch_in_epoch, "rng": capture_rng_state(),
+            "world_size": ctx.world_size,
             "classes": list(info.classes), "config": to_dict(cfg), "metrics": metrics,
             "model_name": cfg.model, "num_classes": info.num_classes, "in_chans": info.in_chans,
             "image_size": info.image_size,
@@ -257,8 +301,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
             group_start = (b // k) * k
             group_len = min(k, nb - group_start)  # the last group of an epoch may be shorter
             last_micro = b == group_start + group_len - 1
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = engine.prepare_input(x)
             sync = contextlib.nullcontext() if last_micro or not ctx.distributed else net.no_sync()
             with sync:
                 with autocast():
@@ -314,7 +357,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
             if end_of_epoch:
                 t_eval = time.perf_counter()
                 final = evaluate(net, data, ctx, batch_size=max(cfg.batch_size, 256), autocast=autocast,
-                                 channels_last=cfg.channels_last)
+                                 channels_last=engine.channels_last)
                 window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
                 is_best = best_top1 is None or final["top1"] > best_top1
                 best_top1 = final["top1"] if is_best else best_top1
@@ -348,6 +391,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
         else:
             say(f"stopped after {step} steps in {seconds:.1f} s; continue with --resume {run_dir}")
     log.close()
+    distributed.teardown(ctx)
     return RunResult(run_dir, step, epoch, plan, final, best_top1, seconds)
 
 

@@ -1,0 +1,89 @@
+"""``convcanon bench``: training and inference images/s of the fast path, against the naive way, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_EPILOG = """examples:
+  convcanon bench --model resnet50 --batch-size 32 --baseline          ResNet-50 at 224 vs torchvision's naive loop
+  convcanon bench --model resnet20 --batch-size 128 --baseline         ResNet-20 at 32x32 (naive: same model)
+  convcanon bench --model resnet20 --batch-size 64 --data digits       end-to-end data path vs synthetic, same shape
+  convcanon bench --model resnet50 --batch-size 256 --amp bf16 --baseline --json     on a GPU, as JSON
+  convcanon bench --model resnet152 --batch-size 16 --activation-checkpointing     memory saved, speed paid
+  convcanon bench --model resnet50 --no-channels-last --no-compile     switch the fast path's pieces off one by one
+
+What is measured: images/s of the training step (forward, backward, optimizer) and of inference on synthetic data,
+after warm-up, as the median of timed windows with their min..max; subjects take turns window by window, so that a
+busy machine slows them alike, and each ratio is the median of per-round ratios. Model FLOP/s = images/s x training
+FLOPs per image (3 x forward MACs x 2); utilization = model FLOP/s / the peak of a large matmul timed in the same
+run. Peak memory of a training step: torch.cuda.max_memory_allocated on GPU, a child process's peak RSS on CPU.
+The engine's choices (precision, channels-last, compile, cuDNN autotuning) are the ones `convcanon train` makes; each
+is printed with its reason and can be overridden by the same flag as in train.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench", help="throughput of the fast path against the naive baseline",
+        description="Images/s of a model's training step and inference on this device, with the engine `convcanon "
+        "train` uses, optionally against the naive baseline and the real data path, measured in the same process.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--model", default="resnet50", help="a model of the zoo (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    p.add_argument("--image-size", type=int, help="input side (default: the model's, e.g. 224; or the data's)")
+    p.add_argument("--in-chans", type=int, help="input channels (default: the model's, or the data's)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the model's, or the data's)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model switch, repeatable (e.g. residual=false)")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="autocast precision (default: auto = bf16 on GPUs that support it, off on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: auto, see the engine lines printed)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: auto = on GPU)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute ResNet blocks in backward; also times and measures the model without it")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (turns cuDNN autotuning off)")
+    p.add_argument("--baseline", action="store_true", help="also time the naive reference, alternating with ours")
+    p.add_argument("--data", metavar="SPEC", help="also time ours fed by this data set's batches (e.g. digits)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--windows", type=int, default=5, help="timed windows per subject (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="steps per window (default: enough for about --window-seconds)")
+    p.add_argument("--window-seconds", type=float, default=2.0, help="(default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per subject (default: %(default)s)")
+    p.add_argument("--no-inference", dest="inference", action="store_false", help="skip the inference timing")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
+    p.add_argument("--no-peak", dest="peak", action="store_false", help="skip the matmul peak (and utilization)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--save", metavar="FILE.json", help="also write the JSON object to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import BenchConfig, format_report, run_bench
+    from ..train.config import parse_model_options
+
+    cfg = BenchConfig(
+        model=args.model, batch_size=args.batch_size, image_size=args.image_size, in_chans=args.in_chans,
+        num_classes=args.num_classes, model_options=parse_model_options(args.model_option), amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile,
+        activation_checkpointing=args.activation_checkpointing, deterministic=args.deterministic,
+        device=args.device, threads=args.threads, baseline=args.baseline, data=args.data, windows=args.windows,
+        steps=args.steps, window_seconds=args.window_seconds, warmup=args.warmup, inference=args.inference,
+        memory=args.memory, peak=args.peak,
+    )  # fmt: skip
+    result = run_bench(cfg)
+    if args.save:
+        from pathlib import Path
+
+        Path(args.save).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if args.json:
+        json.dump(result.as_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(format_report(result))
+    return 0

@@ -1,0 +1,367 @@
+"""The engine: how a model runs on this device (precision, memory format, compilation, autotuning, checkpointing).
+
+None of these settings changes what is computed, only how fast and in how much memory (bf16 changes rounding).
+``resolve_engine`` turns the config's ``auto`` values into one choice each, with the reason, once at start; ``train``
+and ``bench`` print the choices and apply them through the same ``Engine``, so the benchmark measures the path
+training takes. Every choice is overridable: ``--amp``, ``--channels-last/--no-channels-last``,
+``--compile/--no-compile``, ``--activation-checkpointing``, ``--deterministic`` (turns cuDNN autotuning off).
+
+The automatic rules (issue 5; the measurements behind them are in BENCHMARKS.md):
+
+- amp: bf16 autocast on GPUs with native bf16 (compute capability >= 8.0, Ampere and newer); fp32 on older GPUs and on
+  CPUs. fp16 (with loss scaling) only when asked for, on CUDA. On CPUs with native bf16 arithmetic (AVX512-BF16 or
+  AMX) ``--amp bf16`` is much faster (1.5x on ResNet-20, 3.8x on ResNet-50 on an AMD EPYC with AVX512-BF16) but
+  stays opt-in: it changes the numerics of a default CPU run, which must not depend on the CPU it happens to run on.
+- channels-last (NHWC): on, on every device, except for models with local response normalization (the paper
+  AlexNet). cuDNN's tensor-core convolutions are NHWC kernels, and oneDNN's CPU convolutions avoid a reorder per call
+  in NHWC: measured 1.1-1.8x on CPU from 8x8 digits to 224x224 (ResNet-20, ResNet-50, GoogLeNet, VGG-16-BN, AlexNet
+  OWT), while ``F.local_response_norm`` has no NHWC path (it averages through a 3-D pool of a reshaped copy):
+  the paper AlexNet was 0.9x.
+- compile: on CUDA with Triton (compute capability >= 7.0): fusing batch norm, activation and the residual addition
+  removes most of the memory traffic between convolutions. Off on CPU: inductor's CPU code was 1.1-1.3x faster on
+  ResNet-20 after about two minutes of compiling, a poor trade for the short runs CPUs are used for (``--compile`` for
+  long ones). Off by default with activation checkpointing (the checkpointed recomputation stays eager). When
+  compiling fails, the run says why and continues eagerly (``CompiledWithFallback``).
+- cudnn.benchmark (autotuning): on CUDA unless ``deterministic``.
+- optimizer: multi-tensor ("foreach") SGD/AdamW, in ``optim.build_optimizer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# Triton, which inductor generates GPU kernels with, needs compute capability 7.0 (Volta) or newer.
+COMPILE_MIN_CAPABILITY = (7, 0)
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the rules look at, separate from torch so that tests can describe a GPU this machine does not have."""
+
+    type: str  # "cpu" | "cuda"
+    name: str
+    capability: tuple[int, int] | None = None  # CUDA compute capability
+    cpu_bf16: bool = False  # the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)
+
+    @classmethod
+    def of(cls, device: torch.device | str) -> DeviceFacts:
+        device = torch.device(device)
+        if device.type == "cuda":
+            return cls("cuda", torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device)))
+        return cls(device.type, cpu_name(), cpu_bf16=bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"}))
+
+    @property
+    def bf16(self) -> bool:
+        return self.type == "cuda" and self.capability is not None and self.capability >= BF16_MIN_CAPABILITY
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def cpu_name() -> str:
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+@dataclass(frozen=True)
+class Engine:
+    device: torch.device
+    amp: str  # off | bf16 | fp16
+    channels_last: bool
+    compile: bool
+    cudnn_benchmark: bool
+    activation_checkpointing: bool
+    reasons: dict[str, str] = field(default_factory=dict, compare=False)
+
+    # ---- what a run prints and saves
+
+    def describe(self) -> list[str]:
+        """One line per choice, with the reason and the flag that overrides it."""
+        on = {True: "on", False: "off"}
+        gpu = self.device.type == "cuda"
+        rows = [
+            ("amp", "amp", self.amp, "--amp"),
+            ("channels-last", "channels_last", on[self.channels_last], "--[no-]channels-last"),
+            ("compile", "compile", on[self.compile], "--[no-]compile"),
+            ("cudnn.benchmark", "cudnn_benchmark", on[self.cudnn_benchmark] if gpu else "n/a", "--deterministic"),
+            ("activation ckpt", "activation_checkpointing", on[self.activation_checkpointing],
+             "--activation-checkpointing"),
+            ("optimizer", "optimizer", "foreach", ""),
+        ]
+        lines = [f"engine on {self.device}:"]
+        for label, key, value, flag in rows:
+            reason = self.reasons.get(key, "")
+            override = f"  [{flag}]" if flag and reason else ""
+            lines.append(f"  {label:<16} {value:<7} {reason}{override}".rstrip())
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "amp": self.amp, "channels_last": self.channels_last, "compile": self.compile,
+            "cudnn_benchmark": self.cudnn_benchmark, "activation_checkpointing": self.activation_checkpointing,
+            "optimizer": "foreach", "reasons": dict(self.reasons),
+        }  # fmt: skip
+
+    # ---- applying it
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_factory(self.amp, self.device)()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to the device and memory format, and checkpoint its blocks if asked; also sets cuDNN
+        autotuning. Parameters keep their identity and names (state dicts are unaffected)."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        model.to(self.device, memory_format=self.memory_format)
+        if self.activation_checkpointing:
+            checkpoint_blocks(model)
+        return model
+
+    def prepare_input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def maybe_compile(self, net: nn.Module, say: Callable[[str], None] = print) -> nn.Module:
+        return CompiledWithFallback(net, say) if self.compile else net
+
+
+def resolve_amp(amp: str, device: torch.device, facts: DeviceFacts | None = None) -> str:
+    """``auto``: bf16 on GPUs with native bf16 (Ampere and newer), fp32 elsewhere. CPU bf16 is allowed when asked for:
+    it is much faster on CPUs with native bf16 arithmetic (AVX512-BF16, AMX) and is how the bf16 path is tested
+    without a GPU."""
+    device = torch.device(device)
+    if amp == "auto":
+        facts = facts or DeviceFacts.of(device)
+        return "bf16" if facts.bf16 else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (fp16 with loss scaling is a GPU technique); use --amp bf16")
+    return amp
+
+
+def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def has_local_response_norm(model: nn.Module | None) -> bool:
+    return model is not None and any("LocalResponseNorm" in type(m).__name__ for m in model.modules())
+
+
+def resolve_engine(
+    *,
+    device: torch.device | str,
+    model: nn.Module | None = None,
+    amp: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+    activation_checkpointing: bool = False,
+    deterministic: bool = False,
+    facts: DeviceFacts | None = None,
+) -> Engine:
+    """Resolve every ``None``/``auto`` setting for ``model`` on ``device`` (described by ``facts``, read from torch by
+    default); the rules are in the module docstring."""
+    device = torch.device(device)
+    facts = facts or DeviceFacts.of(device)
+    reasons: dict[str, str] = {}
+    gpu = facts.type == "cuda"
+    what = facts.name if gpu else "CPU"
+
+    resolved_amp = resolve_amp(amp, device, facts)
+    if amp != "auto":
+        reasons["amp"] = "as asked"
+    elif gpu:
+        reasons["amp"] = (f"auto: {what} has native bf16" if facts.bf16
+                          else f"auto: {what} (capability {_cap(facts)}) lacks native bf16; fp32")
+    elif facts.cpu_bf16:
+        reasons["amp"] = "auto: fp32 on CPU; this CPU has native bf16, --amp bf16 is faster (numerics change)"
+    else:
+        reasons["amp"] = "auto: fp32 on CPU"
+
+    if channels_last is not None:
+        resolved_cl, reasons["channels_last"] = channels_last, "as asked"
+    elif has_local_response_norm(model):
+        resolved_cl, reasons["channels_last"] = False, "auto: local response norm has no NHWC kernel"
+    elif gpu:
+        resolved_cl, reasons["channels_last"] = True, "auto: cuDNN's tensor-core convolutions are NHWC"
+    else:
+        resolved_cl, reasons["channels_last"] = True, "auto: oneDNN's NHWC convolutions skip a reorder per call"
+
+    if compile is not None:
+        resolved_compile, reasons["compile"] = compile, "as asked"
+    elif activation_checkpointing:
+        resolved_compile, reasons["compile"] = False, "auto: not combined with activation checkpointing"
+    elif gpu and facts.capability is not None and facts.capability >= COMPILE_MIN_CAPABILITY:
+        resolved_compile, reasons["compile"] = True, "auto: inductor fuses BN/activation/residual on GPU"
+    elif gpu:
+        resolved_compile, reasons["compile"] = False, f"auto: Triton needs capability >= 7.0, {what} has {_cap(facts)}"
+    else:
+        resolved_compile, reasons["compile"] = False, "auto: off on CPU (~1.2x after minutes of compiling)"
+
+    benchmark = gpu and not deterministic
+    reasons["cudnn_benchmark"] = ("off: deterministic" if deterministic else "auto: fixed input shapes") if gpu else ""
+    reasons["activation_checkpointing"] = "as asked" if activation_checkpointing else "default"
+    reasons["optimizer"] = "multi-tensor parameter updates"
+    return Engine(device, resolved_amp, resolved_cl, resolved_compile, benchmark, activation_checkpointing, reasons)
+
+
+def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,
+               facts: DeviceFacts | None = None) -> Engine:
+    """``resolve_engine`` for a ``TrainConfig``."""
+    return resolve_engine(
+        device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
+        activation_checkpointing=cfg.activation_checkpointing, deterministic=cfg.deterministic, facts=facts,
+    )  # fmt: skip
+
+
+def _cap(facts: DeviceFacts) -> str:
+    return ".".join(map(str, facts.capability)) if facts.capability else "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# torch.compile with a fallback
+
+
+def _is_compile_failure(err: BaseException) -> bool:
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return False
+    return isinstance(err, TorchDynamoException)
+
+
+class CompiledWithFallback(nn.Module):
+    """``torch.compile(module)``, falling back to eager with one message when compiling fails.
+
+    Compilation is lazy: it happens (and fails: no C++ compiler, an unsupported op, Triton missing) at the first call
+    of each new graph, not at ``torch.compile``. Dynamo traces with fake tensors, so a failed compile has run nothing
+    and the eager call that replaces it computes the step once. ``module`` stays a submodule (``train()``/``eval()``
+    reach it); the compiled wrapper shares its parameters and is kept out of the module tree.
+    """
+
+    def __init__(self, module: nn.Module, say: Callable[[str], None] = print, **compile_options: Any) -> None:
+        super().__init__()
+        self.module = module
+        self._say = say
+        self._failed: str | None = None
+        try:
+            compiled = torch.compile(module, **compile_options)
+        except Exception as err:  # noqa: BLE001 - e.g. an unsupported Python version; eager always works
+            compiled = None
+            self._fail(err)
+        object.__setattr__(self, "_compiled", compiled)
+
+    @property
+    def failed(self) -> str | None:
+        """Why compilation failed, or None while the compiled path runs."""
+        return self._failed
+
+    def _fail(self, err: BaseException) -> None:
+        self._failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        self._say(f"torch.compile failed ({self._failed[:300]}); continuing in eager mode (pass --no-compile to skip)")
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._failed is None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as err:
+                if not _is_compile_failure(err):
+                    raise
+                self._fail(err)
+        return self.module(*args, **kwargs)
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return self.module.no_sync()  # DDP's gradient-sync switch, when the wrapped module is DDP
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Activation checkpointing
+
+
+@contextlib.contextmanager
+def _recompute_without_stat_updates(block: nn.Module) -> Iterator[None]:
+    """The recomputation in backward runs the block's forward a second time; batch norm would update its running
+    statistics (and ``num_batches_tracked``) twice. Momentum 0 keeps the running averages as they are and the counter
+    is put back, so a checkpointed model's buffers match the plain model's."""
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def _checkpointed_forward(self: nn.Module, x: Tensor) -> Tensor:
+    plain = type(self).__mro__[1].forward  # the block's own forward (the class this one was derived from)
+    if not torch.is_grad_enabled():
+        return plain(self, x)
+    return torch.utils.checkpoint.checkpoint(
+        plain, self, x, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _recompute_without_stat_updates(self)),
+    )  # fmt: skip
+
+
+@functools.cache
+def _checkpointed_class(cls: type[nn.Module]) -> type[nn.Module]:
+    return type(f"Checkpointed{cls.__name__}", (cls,), {"forward": _checkpointed_forward, "__module__": __name__})
+
+
+def checkpoint_blocks(model: nn.Module) -> list[str]:
+    """Recompute each residual block's activations in backward instead of keeping them (Chen et al. 2016,
+    "Training Deep Nets with Sublinear Memory Cost"): only block inputs stay alive between forward and backward, about
+    one tensor per block instead of ~8 (ResNet-50's bottleneck), for one extra forward pass of compute.
+
+    The blocks change class in place to a subclass whose forward checkpoints the original one, so module names, state
+    dicts and ``isinstance`` checks are unchanged. Returns the names of the checkpointed blocks.
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(
+            f"--activation-checkpointing checkpoints residual blocks; {type(model).__name__} has none (it works with "
+            "the ResNet family: resnet18..resnet152, resnet20..resnet110 and their plain twins)"
+        )
+    names = []
+    for name, block in blocks():
+        if type(block).forward is not _checkpointed_forward:
+            block.__class__ = _checkpointed_class(type(block))
+        names.append(name)
+    return names
+
+
+def is_checkpointed(block: nn.Module) -> bool:
+    return type(block).forward is _checkpointed_forward
+
+
+__all__ = [
+    "DeviceFacts", "Engine", "resolve_engine", "engine_for", "resolve_amp", "autocast_factory",
+    "CompiledWithFallback", "checkpoint_blocks", "is_checkpointed", "has_local_response_norm",
+]  # fmt: skip

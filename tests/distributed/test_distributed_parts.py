@@ -1,0 +1,263 @@
+"""The parts of data parallelism that need no second process: sync batch norm's arithmetic, the heartbeat, backend
+choice, the restart and world-size rules of resume."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from convcanon.train import distributed
+from convcanon.train.config import TrainConfig, config_from_dict
+from convcanon.train.loop import restarted_run, train
+
+QUIET = {"progress": False, "workers": 0}
+
+
+# ------------------------------------------------------------------------------------------------ sync batch norm
+
+
+class _FakeWorld:
+    """All-reduce between threads: what two ranks' ``dist.all_reduce`` would compute, inside one process."""
+
+    def __init__(self, n: int) -> None:
+        self.barrier = threading.Barrier(n)
+        self.lock = threading.Lock()
+        self.parts: list[torch.Tensor] = []
+        self.result: torch.Tensor | None = None
+
+    def all_reduce(self, tensor, op=None, group=None):
+        with self.lock:
+            self.parts.append(tensor.clone())
+        if self.barrier.wait() == 0:
+            self.result = torch.stack(self.parts).sum(0)
+        self.barrier.wait()
+        tensor.copy_(self.result)
+        if self.barrier.wait() == 0:
+            self.parts, self.result = [], None
+        self.barrier.wait()
+
+
+def test_sync_batchnorm_equals_batchnorm_over_the_joint_batch(monkeypatch):
+    # Two "ranks" (threads) normalize halves of one batch with statistics all-reduced between them. Their outputs and
+    # input gradients, their weight/bias gradients summed (DDP averages per-rank gradients of per-rank mean losses:
+    # the same up to the factor 1/world it also applies to a plain model) and their running statistics equal one
+    # BatchNorm2d over the whole batch.
+    world = _FakeWorld(2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", world.all_reduce)
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    w = torch.randn(8, 3, 5, 5)
+
+    ref = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    xr = x.clone().requires_grad_()
+    yr = ref(xr)
+    (yr * w).sum().backward()
+
+    results = {}
+
+    def rank(r: int) -> None:
+        bn = distributed.SyncBatchNorm(3)
+        with torch.no_grad():
+            bn.weight.copy_(ref.weight)
+            bn.bias.copy_(ref.bias)
+        xs = x[4 * r:4 * (r + 1)].clone().requires_grad_()
+        y = distributed._SyncBatchNormFunction.apply(xs, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                                     bn.eps, bn.momentum, None)
+        (y * w[4 * r:4 * (r + 1)]).sum().backward()
+        results[r] = (y.detach(), xs.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert set(results) == {0, 1}
+    # A few float32 ulps: the same float64 sums as ATen's kernel, added in two halves; the weight gradient is
+    # the sum of two rounded halves (measured: 2e-7 on outputs, 1e-6 on weight gradients of ~10).
+    tol = dict(rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(torch.cat([results[0][0], results[1][0]]), yr.detach(), **tol)
+    torch.testing.assert_close(torch.cat([results[0][1], results[1][1]]), xr.grad, **tol)
+    torch.testing.assert_close(results[0][2] + results[1][2], ref.weight.grad, **tol)
+    torch.testing.assert_close(results[0][3] + results[1][3], ref.bias.grad, **tol)
+    for r in range(2):  # the unbiased variance over all 200 values per channel, as BatchNorm2d keeps it
+        torch.testing.assert_close(results[r][4], ref.running_mean, **tol)
+        torch.testing.assert_close(results[r][5], ref.running_var, **tol)
+
+
+def test_convert_sync_batchnorm_keeps_the_same_tensors_and_keys():
+    import convcanon
+
+    model = convcanon.create_model("resnet20", num_classes=10, in_chans=1)
+    before = model.state_dict()
+    params = {n: p for n, p in model.named_parameters()}
+    model = distributed.convert_sync_batchnorm(model, torch.device("cpu"))
+    assert isinstance(model.bn1, distributed.SyncBatchNorm)
+    assert sum(isinstance(m, distributed.SyncBatchNorm) for m in model.modules()) == 19  # 1 stem + 2 x 9 blocks
+    assert list(model.state_dict()) == list(before)
+    assert all(p is params[n] for n, p in model.named_parameters())  # the optimizer sees the very same tensors
+    # Without a process group (one process) it is plain batch norm.
+    x = torch.randn(4, 1, 8, 8)
+    ref = convcanon.create_model("resnet20", num_classes=10, in_chans=1)
+    ref.load_state_dict(before)
+    torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------------ heartbeat
+
+
+NAMES = ["host pid 4141 local rank 0", "host pid 4242 local rank 1", "host pid 4343 local rank 2"]
+
+
+def test_heartbeat_names_the_silent_rank_and_not_the_finished_one():
+    store = dist.HashStore()
+    stuck: list[str] = []
+    watcher = distributed.Heartbeat(store, 0, NAMES, timeout=0.6, interval=0.1, on_stuck=stuck.append)
+    # rank 1 beats once, then falls silent (a SIGSTOP); rank 2 beats once and says it is done.
+    silent = distributed.Heartbeat(store, 1, NAMES, timeout=0.6, interval=0.1, on_stuck=lambda m: None)
+    finished = distributed.Heartbeat(store, 2, NAMES, timeout=0.6, interval=0.1, on_stuck=lambda m: None)
+    silent._beat()
+    finished.start()
+    t0 = time.monotonic()
+    watcher.start()
+    finished.stop()
+    while not stuck and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    watcher.stop()
+    assert len(stuck) == 1, stuck
+    assert "rank 1 of 3 (host pid 4242 local rank 1) sent no heartbeat" in stuck[0]
+    assert "rank 2" not in stuck[0]
+    assert 0.6 <= time.monotonic() - t0 < 5
+
+
+def test_heartbeat_ignores_the_keys_of_an_earlier_attempt():
+    # A restarted job's rank 1 is a new process: the silent counter and the "done" of the old one are not its own.
+    store = dist.HashStore()
+    store.set("convcanon/heartbeat/done/host pid 9999 local rank 1", "1")
+    stuck: list[str] = []
+    names = [NAMES[0], "host pid 5252 local rank 1"]
+    watcher = distributed.Heartbeat(store, 0, names, timeout=0.4, interval=0.1, on_stuck=stuck.append).start()
+    t0 = time.monotonic()
+    while not stuck and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    watcher.stop()
+    assert stuck and "rank 1 of 2 (host pid 5252 local rank 1)" in stuck[0]
+
+
+def test_heartbeat_stays_quiet_while_every_rank_beats():
+    store = dist.HashStore()
+    stuck: list[str] = []
+    beats = [distributed.Heartbeat(store, r, NAMES[:2], timeout=0.4, interval=0.1, on_stuck=stuck.append)
+             for r in range(2)]
+    for b in beats:
+        b.start()
+    time.sleep(1.2)
+    for b in beats:
+        b.stop()
+    assert stuck == []
+
+
+def test_heartbeat_interval_is_a_fifth_of_the_timeout_within_bounds():
+    assert distributed.heartbeat_interval(300) == 15.0
+    assert distributed.heartbeat_interval(10) == 2.0
+    assert distributed.heartbeat_interval(0.5) == 0.2
+
+
+# ---------------------------------------------------------------------------------------------------- backend, config
+
+
+def test_backend_is_gloo_on_cpu_nccl_on_cuda_and_nccl_needs_cuda():
+    assert distributed.resolve_backend(None, torch.device("cpu")) == "gloo"
+    assert distributed.resolve_backend(None, torch.device("cuda", 0)) == "nccl"
+    assert distributed.resolve_backend("gloo", torch.device("cuda", 0)) == "gloo"
+    with pytest.raises(ValueError, match="--dist-backend nccl needs CUDA"):
+        distributed.resolve_backend("nccl", torch.device("cpu"))
+
+
+def test_one_process_without_torchrun_env_is_a_world_of_one(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = distributed.setup("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.distributed, ctx.backend, ctx.heartbeat) == (0, 1, False, None, None)
+    with pytest.raises(ValueError, match="dist-timeout"):
+        distributed.setup("cpu", timeout_s=0)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"dist_backend": "tcp"}, "dist_backend must be one of"),
+    ({"dist_timeout": 0}, "dist_timeout must be"),
+    ({"pipeline_stages": 2, "batch_size": 10, "microbatches": 4}, "multiple of microbatches"),
+    ({"pipeline_stages": 2, "pipeline_split": [3]}, "one per stage"),
+    ({"pipeline_stages": 2, "accum_steps": 2, "batch_size": 8}, "accum_steps must be 1"),
+])  # fmt: skip
+def test_scaling_settings_are_checked(values, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(values)
+
+
+# ---------------------------------------------------------------------------------------------------------- resume
+
+
+def test_restarted_worker_continues_the_run_in_out(tmp_path, monkeypatch):
+    cfg = TrainConfig(out=str(tmp_path / "run"))
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert restarted_run(cfg) is None
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert restarted_run(cfg) is None  # nothing started there yet: a fresh run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: resnet20\n")
+    assert restarted_run(cfg) == tmp_path / "run"
+
+
+def _run(tmp_path, name, **kw):
+    cfg = TrainConfig(**{**QUIET, "out": str(tmp_path / name), **kw})
+    train(cfg, out_stream=open(os.devnull, "w"))
+    return tmp_path / name
+
+
+COMMON = dict(model="resnet20", model_options={"batch_norm": False}, epochs=1, lr=0.05, warmup_epochs=0.0,
+              schedule="constant", deterministic=True)
+
+
+class _Data:
+    def __init__(self, train_size: int) -> None:
+        self.train_size = train_size
+
+    def num_train_batches(self, batch_size: int, world_size: int = 1) -> int:
+        return self.train_size // (batch_size * world_size)
+
+
+def _position(saved: dict, world: int, batch_in_epoch: int, **now) -> int:
+    from convcanon.train.loop import resume_position
+    from convcanon.train.optim import make_plan
+
+    """Where a checkpoint of ``world`` processes at ``batch_in_epoch`` continues in one process with ``now``."""
+    state = {"config": {**COMMON, **saved}, "world_size": world, "batch_in_epoch": batch_in_epoch}
+    cfg = TrainConfig(**{**COMMON, **now})
+    data = _Data(1437)  # the digits' training split
+    return resume_position(state, cfg, make_plan(cfg, data.num_train_batches(cfg.batch_size)), data, 1, lambda m: None)
+
+
+def test_resume_position_between_world_sizes():
+    # 2 processes x 8 = 16 images per micro-batch; at micro-batch 10 of the epoch, 160 images are done.
+    assert _position({"batch_size": 8}, 2, 10, batch_size=16) == 10  # 1 process x 16: micro-batch 10 again
+    assert _position({"batch_size": 8, "accum_steps": 2}, 2, 10, batch_size=16, accum_steps=2) == 10
+    assert _position({"batch_size": 16}, 1, 10, batch_size=16) == 10  # unchanged: as saved
+    with pytest.raises(ValueError, match=r"--batch-size 16 --accum-steps 1"):
+        _position({"batch_size": 8}, 2, 10, batch_size=8)  # 1 x 8 would halve the global batch
+    with pytest.raises(ValueError, match=r"global batch 16"):
+        _position({"batch_size": 16}, 1, 10, batch_size=8, accum_steps=2)  # 90 steps an epoch instead of 89
+
+
+def test_resume_refuses_another_global_batch(tmp_path):
+    run = _run(tmp_path, "part", batch_size=16, max_steps=2, **COMMON)
+    other = TrainConfig(**{**QUIET, **COMMON, "out": str(run), "batch_size": 8, "max_steps": 4})
+    with pytest.raises(ValueError, match=r"global batch 16.*--batch-size 16 --accum-steps 1"):
+        train(other, resume=run, out_stream=open(os.devnull, "w"))

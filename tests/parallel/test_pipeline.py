@@ -1,0 +1,241 @@
+"""Pipeline parallelism as a specification: the layers compose to the model, the split balances cost, and the
+pipelined run computes what one process computes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import convcanon
+from convcanon.parallel.pipeline import (
+    balance,
+    describe_split,
+    layer_costs,
+    layer_shapes,
+    pipeline_layers,
+    resolve_split,
+)
+from convcanon.train import checkpoint as ckpt
+from convcanon.train.config import TrainConfig
+from convcanon.train.loop import train
+
+# (model, options, input side): one or two of each family, ImageNet ones at small inputs (the layers do not care).
+MODELS = [
+    ("resnet20", {}, 8),
+    ("plain20", {"batch_norm": False}, 8),
+    ("resnet18", {}, 64),
+    ("resnet50", {}, 64),
+    ("vgg11_bn", {"head": "avgpool"}, 32),
+    ("vgg16_cifar", {}, 32),
+    ("alexnet", {"batch_norm": True}, 227),
+    ("alexnet_owt", {}, 224),
+    ("alexnet_cifar", {}, 32),
+]
+
+
+def _model(name: str, options: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return convcanon.create_model(name, num_classes=10, **options).eval()
+
+
+@pytest.mark.parametrize(("name", "options", "size"), MODELS, ids=[m[0] for m in MODELS])
+def test_layers_compose_to_the_model(name, options, size):
+    model = _model(name, options)
+    layers = pipeline_layers(model)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        # Bit for bit: the same modules applied in the same order (eval mode: dropout is the identity).
+        assert torch.equal(torch.nn.Sequential(*[layer.module for layer in layers])(x), model(x))
+    # Every parameter is in exactly one layer, and nothing was copied.
+    owned = [id(p) for layer in layers for p in layer.module.parameters()]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters())
+    assert len({layer.name for layer in layers}) == len(layers)
+
+
+def test_layer_names_follow_the_model():
+    names = [layer.name for layer in pipeline_layers(_model("resnet20", {}))]
+    assert names == ["stem", *[f"stage{s}.{b}" for s in (1, 2, 3) for b in range(3)], "fc"]
+    names = [layer.name for layer in pipeline_layers(_model("alexnet_cifar", {}))]
+    assert names == [f"features.conv{i}" for i in range(1, 6)] + ["classifier.0", "classifier.4", "classifier.6"]
+
+
+def test_googlenet_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="auxiliary heads"):
+        pipeline_layers(convcanon.create_model("googlenet_cifar"))
+
+
+def test_flop_costs_add_up_to_the_whole_model():
+    model = _model("resnet20", {})
+    layers = pipeline_layers(model)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(4, 3, 32, 32))
+    costs = layer_costs(layers, (4, 3, 32, 32))
+    assert sum(costs) == counter.get_total_flops()
+    assert layer_shapes(layers, (4, 3, 32, 32))[-1] == (4, 10)
+
+
+def test_time_costs_leave_the_model_untouched():
+    model = _model("resnet20", {}).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    costs = layer_costs(pipeline_layers(model), (4, 3, 8, 8), "time", repeats=1)
+    assert len(costs) == 11 and all(c > 0 for c in costs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running statistics too
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _brute_force(costs: list[float], stages: int) -> float:
+    best = float("inf")
+    for cuts in itertools.combinations(range(1, len(costs)), stages - 1):
+        bounds = [0, *cuts, len(costs)]
+        best = min(best, max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:])))
+    return best
+
+
+def test_balance_minimizes_the_slowest_stage():
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(2, 9)
+        stages = rng.randint(1, n)
+        costs = [rng.choice([1.0, 2.0, 5.0, 0.5, 13.0]) for _ in range(n)]
+        sizes = balance(costs, stages)
+        assert len(sizes) == stages and sum(sizes) == n and min(sizes) >= 1
+        bounds = list(itertools.accumulate([0, *sizes]))
+        assert max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:])) == _brute_force(costs, stages)
+    assert balance([1, 1, 1, 1], 2) == [2, 2]
+    assert balance([8, 1, 1, 1, 1], 2) == [1, 4]
+
+
+def test_manual_split_is_checked_against_the_model():
+    layers = pipeline_layers(_model("resnet20", {}))
+    costs = [1.0] * len(layers)
+    assert resolve_split(layers, costs, 2, [5, 6]) == [5, 6]
+    with pytest.raises(ValueError, match=r"add up to the model's 11 layers: 0:stem, 1:stage1.0"):
+        resolve_split(layers, costs, 2, [5, 5])
+    text = describe_split(layers, costs, [5, 6], unit="units")
+    assert "stage 0: stem .. stage2.0 (5 layers" in text and "stage 1: stage2.1 .. fc (6 layers" in text
+
+
+# ----------------------------------------------------------------------------------------------------- torchrun runs
+
+COMMON = ["--epochs", "1", "--schedule", "constant", "--warmup-epochs", "0", "--workers", "0", "--no-progress",
+          "--deterministic", "--log-every", "1"]
+
+
+def _accumulated(out: Path, model: str, options: dict, data: str, batch: int, micro: int, steps: int) -> None:
+    """The reference: one process, micro-batches of batch/micro accumulated micro times (one thread, as the
+    workers)."""
+    cfg = TrainConfig(model=model, model_options=options, data=data, batch_size=batch // micro, accum_steps=micro,
+                      max_steps=steps, epochs=1, schedule="constant", warmup_epochs=0.0, workers=0, progress=False,
+                      deterministic=True, log_every=1, out=str(out))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, out_stream=open(os.devnull, "w"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_safetensors(run / "model.safetensors")
+
+
+def _train_losses(run: Path) -> list[float]:
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert list(wa) == list(wb)
+    worst = {k: (wa[k].double() - wb[k].double()).abs().max().item() for k in wb if not torch.equal(wa[k], wb[k])}
+    assert not worst, worst
+
+
+# model, options, data, stages, schedule: every family, both schedules, batch norm and not, 2 and 3 stages.
+CASES = [
+    ("alexnet_cifar", {"dropout": 0.0}, "synthetic", 2, "1f1b"),
+    ("vgg16_bn_cifar", {"dropout": 0.0}, "synthetic", 2, "gpipe"),
+    ("resnet18", {}, "synthetic:3:32:10", 3, "1f1b"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "options", "data", "stages", "schedule"), CASES, ids=[c[0] for c in CASES])
+def test_pipeline_step_equals_the_unsplit_model(launcher, tmp_path, model, options, data, stages, schedule):
+    # Two optimizer steps on 16 images in 4 micro-batches; the unsplit model, one process, sees the same micro-batches
+    # (the data order is a function of the position only) and accumulates them the same way. Bit for bit: each stage
+    # runs the model's own layers on the same micro-batch shapes, the gradient is summed over micro-batches in the
+    # same order and divided by 4 (a power of two: exact either way), and the SGD update is elementwise. Batch norm
+    # sees each micro-batch alone, in the pipeline and in the reference.
+    args = ["train", "--model", model, "--data", data, "--batch-size", "16", "--max-steps", "2", *COMMON,
+            "--pipeline-stages", str(stages), "--microbatches", "4", "--pipeline-schedule", schedule,
+            "--out", str(tmp_path / "pipe")]
+    for key, value in options.items():
+        args += ["--model-option", f"{key}={value}"]
+    launcher.run(args, nproc=stages)
+    _accumulated(tmp_path / "ref", model, options, data, 16, 4, 2)
+    # The same loss at each step (to 1 ulp: the loop logs the sum of loss/4 over micro-batches, the pipeline the mean
+    # of the 4 losses), and the same weights after each update, bit for bit.
+    assert _train_losses(tmp_path / "pipe") == pytest.approx(_train_losses(tmp_path / "ref"), rel=1e-6, abs=0)
+    _assert_identical(tmp_path / "pipe", tmp_path / "ref")
+    if "bn" not in model and not model.startswith("resnet"):
+        # Without batch norm, 4 accumulated micro-batches are the whole batch of 16 at once, to rounding (the mean of
+        # four means of 4 against one mean of 16): the pipelined model is the unsplit model on the same batch.
+        _accumulated(tmp_path / "whole", model, options, data, 16, 1, 2)
+        wp, ww = _weights(tmp_path / "pipe"), _weights(tmp_path / "whole")
+        assert all(torch.allclose(wp[k], ww[k], rtol=1e-5, atol=1e-7) for k in ww)
+
+
+@pytest.mark.slow
+def test_pipeline_run_trains_evaluates_exactly_and_resumes(launcher, tmp_path):
+    # ResNet-20 (batch norm) on the digits, 2 stages, GPipe, 64 images in 4 micro-batches: 22 steps, one epoch.
+    base = ["train", "--model", "resnet20", "--batch-size", "64", *COMMON, "--pipeline-stages", "2",
+            "--microbatches", "4", "--pipeline-schedule", "gpipe"]
+    full = tmp_path / "full"
+    launch = launcher.run([*base, "--out", str(full)])
+    assert "on 360 images" in launch.output  # exact evaluation through the stages
+    assert "stage 0: stem .. " in launch.output
+    # Bit for bit the one-process run with 4 accumulated micro-batches of 16 (22 steps: its 23rd, a partial group of
+    # one micro-batch, is where the two plans part, so it stops before).
+    _accumulated(tmp_path / "ref", "resnet20", {}, "digits", 64, 4, 22)
+    _assert_identical(full, tmp_path / "ref")
+    # The weights are the whole model's; evaluated in one process they give the logged numbers.
+    from convcanon.data import open_data
+    from convcanon.train.distributed import DistContext
+    from convcanon.train.evaluate import evaluate
+
+    model = convcanon.create_model("resnet20", num_classes=10, in_chans=1)
+    model.load_state_dict(_weights(full))
+    one = evaluate(model, open_data("digits", progress=False), DistContext(0, 1, 0, torch.device("cpu"), None),
+                   batch_size=256)
+    (logged,) = [r for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert one["samples"] == logged["samples"] == 360 and one["top1"] == logged["top1"]
+    assert one["loss"] == pytest.approx(logged["loss"], rel=1e-6)  # float64 sums; batch 256 in both
+    # Stopped at step 11 and resumed: the uninterrupted run, bit for bit (stage weights, optimizer and RNG states are
+    # all in the gathered checkpoint).
+    part = tmp_path / "part"
+    launcher.run([*base, "--out", str(part), "--max-steps", "11"])
+    launcher.run(["train", "--resume", str(part), "--max-steps", "0"])
+    _assert_identical(part, full)
+
+
+@pytest.mark.slow
+def test_time_balanced_split_is_the_same_on_every_rank(launcher, tmp_path):
+    # Measured times differ between processes; rank 0 measures and broadcasts, so the stages always fit together.
+    out = tmp_path / "timed"
+    launch = launcher.run(["train", "--model", "alexnet_cifar", "--data", "synthetic", "--batch-size", "16",
+                           "--max-steps", "2", *COMMON, "--pipeline-stages", "3", "--microbatches", "4",
+                           "--pipeline-balance", "time", "--out", str(out)], nproc=3)
+    assert "balanced by time" in launch.output
+    meta = json.loads((out / "run.json").read_text())["pipeline"]
+    assert sum(meta["split"]) == len(meta["layers"]) == 8 and meta["cost_unit"] == "ms"
+    shutil.rmtree(out)

@@ -1,0 +1,265 @@
+"""The engine's automatic choices (CPU here, GPUs described by fake device facts), the compile fallback, and
+activation checkpointing being the same computation as the plain model."""
+
+import argparse
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import convcanon
+from convcanon.train.config import TrainConfig, add_config_arguments, config_from_args, config_from_dict
+from convcanon.train.engine import (
+    CompiledWithFallback,
+    DeviceFacts,
+    checkpoint_blocks,
+    engine_for,
+    is_checkpointed,
+    resolve_engine,
+)
+
+H100 = DeviceFacts("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
+V100 = DeviceFacts("cuda", "Tesla V100-SXM2-16GB", (7, 0))
+P100 = DeviceFacts("cuda", "Tesla P100-PCIE-16GB", (6, 0))
+CPU = DeviceFacts("cpu", "some CPU")
+CPU_BF16 = DeviceFacts("cpu", "a CPU with AVX512-BF16", cpu_bf16=True)
+
+
+def _gpu(facts, **settings):
+    return resolve_engine(device="cuda", facts=facts, **settings)
+
+
+# ---- resolution rules
+
+
+@pytest.mark.parametrize("facts", [CPU, CPU_BF16])
+def test_cpu_auto_choices(facts):
+    engine = resolve_engine(device="cpu", model=convcanon.create_model("resnet20"), facts=facts)
+    assert engine.amp == "off"  # bf16 autocast on CPU only when asked, even where the CPU has native bf16
+    assert ("--amp bf16" in engine.reasons["amp"]) == facts.cpu_bf16  # ... but the user is told
+    assert engine.channels_last
+    assert not engine.compile
+    assert not engine.cudnn_benchmark
+    assert not engine.activation_checkpointing
+
+
+@pytest.mark.parametrize("facts", [CPU, H100])
+def test_local_response_norm_keeps_nchw(facts):
+    # The paper AlexNet's LRN has no NHWC kernel (measured 0.9x on CPU); the torchvision-layout AlexNet has no LRN.
+    with torch.device("meta"):
+        paper, owt = convcanon.create_model("alexnet"), convcanon.create_model("alexnet_owt")
+    assert not resolve_engine(device=facts.type, model=paper, facts=facts).channels_last
+    assert resolve_engine(device=facts.type, model=owt, facts=facts).channels_last
+    assert resolve_engine(device=facts.type, model=paper, facts=facts, channels_last=True).channels_last
+
+
+def test_gpu_with_bf16_gets_the_whole_fast_path():
+    engine = _gpu(H100)
+    assert (engine.amp, engine.channels_last, engine.compile, engine.cudnn_benchmark) == ("bf16", True, True, True)
+    assert "H100" in engine.reasons["amp"]
+
+
+def test_older_gpus_get_fp32_and_no_triton_below_volta():
+    volta = _gpu(V100)
+    assert (volta.amp, volta.compile) == ("off", True)  # capability 7.0: no native bf16, Triton works
+    pascal = _gpu(P100)
+    assert (pascal.amp, pascal.compile) == ("off", False)
+    assert "Triton" in pascal.reasons["compile"]
+
+
+def test_every_choice_is_overridable():
+    engine = _gpu(H100, amp="off", channels_last=False, compile=False, deterministic=True)
+    assert (engine.amp, engine.channels_last, engine.compile, engine.cudnn_benchmark) == ("off", False, False, False)
+    assert engine.reasons["channels_last"] == engine.reasons["compile"] == "as asked"
+    forced = resolve_engine(device="cpu", facts=CPU, amp="bf16", channels_last=False, compile=True)
+    assert (forced.amp, forced.channels_last, forced.compile) == ("bf16", False, True)
+
+
+def test_activation_checkpointing_turns_auto_compile_off_but_not_an_explicit_one():
+    assert not _gpu(H100, activation_checkpointing=True).compile
+    assert _gpu(H100, activation_checkpointing=True, compile=True).compile
+
+
+def test_fp16_on_cpu_is_an_error_naming_the_alternative():
+    with pytest.raises(ValueError, match="--amp bf16"):
+        resolve_engine(device="cpu", amp="fp16", facts=CPU)
+
+
+def test_describe_prints_each_choice_with_its_reason_and_flag():
+    lines = resolve_engine(device="cpu", facts=CPU).describe()
+    text = "\n".join(lines)
+    for label in ("amp", "channels-last", "compile", "cudnn.benchmark", "activation ckpt", "optimizer"):
+        assert label in text
+    assert "oneDNN" in text and "--[no-]channels-last" in text
+
+
+def test_real_device_facts_on_this_machine():
+    facts = DeviceFacts.of("cpu")
+    assert facts.type == "cpu" and not facts.bf16 and facts.capability is None  # bf16 = native on a GPU
+
+
+# ---- config: None = auto, flags on top
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], None), (["--channels-last"], True),
+                                                 (["--no-channels-last"], False)])
+def test_channels_last_flag_is_tri_state(argv, expected):
+    cfg, _ = config_from_args(_args(argv))
+    assert cfg.channels_last is expected
+    assert cfg.compile is None
+
+
+def test_engine_for_reads_the_train_config():
+    cfg = config_from_dict({"channels_last": False, "compile": True, "activation_checkpointing": True})
+    engine = engine_for(cfg, torch.device("cpu"), facts=CPU)
+    assert (engine.channels_last, engine.compile, engine.activation_checkpointing) == (False, True, True)
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        config_from_dict({"compile": "yes"})
+
+
+# ---- compile fallback
+
+
+class _Failing:
+    """Stands in for the compiled module: compiling fails at the first call, as it does when e.g. no C++ compiler or
+    Triton is installed."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        from torch._dynamo.exc import TorchDynamoException
+
+        self.calls += 1
+        raise TorchDynamoException("no working C++ compiler found")
+
+
+def test_compile_failure_falls_back_to_eager_with_one_message(monkeypatch):
+    failing = _Failing()
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: failing)
+    said = []
+    net = nn.Linear(3, 2)
+    wrapped = CompiledWithFallback(net, said.append)
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        torch.testing.assert_close(wrapped(x), net(x), rtol=0, atol=0)  # the same module runs: exactly equal
+    assert failing.calls == 1  # after the failure the compiled path is not tried again
+    assert len(said) == 1 and "C++ compiler" in said[0] and "eager" in said[0]
+    assert "no working C++ compiler" in wrapped.failed
+    assert list(wrapped.state_dict()) == ["module.weight", "module.bias"]  # no duplicate parameters
+
+
+def test_errors_that_are_not_compile_failures_propagate(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("wrong input shape")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: broken)
+    wrapped = CompiledWithFallback(nn.Linear(3, 2), lambda msg: None)
+    with pytest.raises(ValueError, match="wrong input shape"):
+        wrapped(torch.randn(1, 3))
+    assert wrapped.failed is None
+
+
+@pytest.mark.slow
+def test_real_compile_matches_eager():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    said = []
+    wrapped = CompiledWithFallback(copy.deepcopy(net), said.append)
+    x = torch.randn(2, 1, 8, 8)
+    # 1e-5: inductor fuses and reorders the float32 reductions of batch norm; eager and compiled round differently.
+    torch.testing.assert_close(wrapped(x), net(x), rtol=1e-5, atol=1e-5)
+    assert wrapped.failed is None, said
+
+
+# ---- activation checkpointing
+
+
+def _step(model, x, y):
+    F.cross_entropy(model(x), y).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_checkpointing_gives_the_plain_models_gradients_and_statistics(name):
+    torch.manual_seed(0)
+    size = 8 if name == "resnet20" else 32
+    plain = convcanon.create_model(name, num_classes=10)
+    ckpt = copy.deepcopy(plain)
+    names = checkpoint_blocks(ckpt)
+    assert names == [n for n, _ in plain.blocks()] and all(is_checkpointed(b) for _, b in ckpt.blocks())
+    assert list(ckpt.state_dict()) == list(plain.state_dict())  # same names: checkpoints stay loadable
+
+    recomputed = []
+    first_conv = ckpt.blocks()[0][1].conv1
+    first_conv.register_forward_hook(lambda *a: recomputed.append(1))
+    x, y = torch.randn(2, 3, size, size), torch.randint(0, 10, (2,))
+    g_plain, g_ckpt = _step(plain, x, y), _step(ckpt, x, y)
+    assert len(recomputed) == 2  # forward, then again in backward: the activations were not kept
+    # Exact: the recomputation runs the same kernels on the same inputs in the same order, so every float is equal.
+    for key in g_plain:
+        torch.testing.assert_close(g_ckpt[key], g_plain[key], rtol=0, atol=0, msg=key)
+    # Batch norm updated its running statistics once, not twice (the recompute leaves them alone).
+    for (key, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=key)
+
+
+def test_checkpointing_is_skipped_without_grad_and_refused_without_blocks():
+    model = convcanon.create_model("resnet20", num_classes=10)
+    checkpoint_blocks(model)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 8, 8)).shape == (1, 10)
+    with pytest.raises(ValueError, match="residual blocks"):
+        checkpoint_blocks(nn.Sequential(nn.Conv2d(3, 3, 3)))
+
+
+# ---- the training loop applies and records the engine
+
+
+def test_train_prints_and_records_the_engine(tmp_path):
+    import io
+
+    from convcanon.train.loop import train
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, max_steps=2, batch_size=32, progress=False,
+                      channels_last=False, activation_checkpointing=True)
+    out = io.StringIO()
+    train(cfg, out_stream=out)
+    text = out.getvalue()
+    assert "channels-last    off     as asked" in text
+    assert "activation ckpt  on" in text
+    engine = json.loads((tmp_path / "run" / "run.json").read_text())["engine"]
+    assert engine["channels_last"] is False and engine["activation_checkpointing"] is True
+    assert engine["compile"] is False  # auto, off on CPU
+
+
+# ---- on a real GPU (skipped without one; scripts/gpu_check.sh runs them)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_gpu_resolution_and_checkpointing_on_it():
+    facts = DeviceFacts.of("cuda")
+    engine = resolve_engine(device="cuda")
+    assert engine.amp == ("bf16" if facts.capability >= (8, 0) else "off")
+    assert engine.channels_last and engine.cudnn_benchmark
+    torch.manual_seed(0)
+    plain = convcanon.create_model("resnet20", num_classes=10).cuda()
+    ckpt = copy.deepcopy(plain)
+    checkpoint_blocks(ckpt)
+    x, y = torch.randn(4, 3, 16, 16, device="cuda"), torch.randint(0, 10, (4,), device="cuda")
+    g_plain, g_ckpt = _step(plain, x, y), _step(ckpt, x, y)
+    for key in g_plain:
+        # 1e-5: cuDNN may pick another algorithm for the recomputation than for the first forward (it is not bound to
+        # the same one across calls unless deterministic), so the gradients agree to float32 rounding, not bitwise.
+        torch.testing.assert_close(g_ckpt[key], g_plain[key], rtol=1e-5, atol=1e-5, msg=key)
