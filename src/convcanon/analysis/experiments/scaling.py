@@ -1,0 +1,561 @@
+"""Scaling: the same algorithm at scale. Every run here goes through the training engine, ``convcanon.train.train``.
+
+- **Data parallel vs one process.** ``torchrun --nproc-per-node 2 -m convcanon train`` (run as ``python -m
+  torch.distributed.run``, the same entry point, so no PATH is needed) with 32 images per process, against one process
+  that takes the same two micro-batches of 32 by gradient accumulation: same samples per step, same batch-norm
+  batches. And with ``--sync-bn`` (batch statistics over the global 64) against one process at batch 64.
+- **Gradient accumulation vs a big batch.** 4 micro-batches of 16 against one batch of 64: AlexNet without dropout
+  (no batch norm; dropout masks would be drawn in another order), and ResNet-20, whose batch norm then normalizes over
+  16 instead of 64 images (the one thing accumulation changes), with its accuracy after a few epochs.
+- **The linear scaling rule with and without warmup** (Goyal et al. 2017): ResNet-20 at base batch 8 and at 8x and 32x
+  that batch, the LR scaled by the same factor, the same number of epochs, with and without linear warmup.
+- **bf16 vs fp32**: the same run with ``--amp bf16`` (autocast) and without: loss curves and final accuracy.
+
+How "the same" is measured: both runs checkpoint after every step, and the largest parameter difference is taken at
+each step (batch-norm running averages excluded: under DDP they are rank 0's, by design). The comparisons use a
+constant LR, so that the two runs' schedules cannot differ (see the note on accumulation below). Equal mathematics in
+a different summation order agrees to float rounding after the first step; from there, rounding differences may grow
+(for ResNet-20 on digits they do, fast). Two yardsticks, measured in the same run: ``reference/rounding-*``, the same
+run on one thread and on two (nothing changes but the float summation order), and ``reference/seed-*``, two seeds (a
+different run). A comparison is "the same algorithm" when it agrees to rounding after step 1 and then stays within
+10x of the rounding reference (or, where rounding differences do not grow, within 1/10 of the seed distance).
+
+A note on accumulation and schedules: with ``accum_steps`` k the engine counts ``ceil(micro-batches / k)`` steps per
+epoch, so a trailing short group is an extra step (23 steps of 4 x 16 on digits against 22 batches of 64, whose
+incomplete last batch is dropped); a cosine schedule then differs slightly between the two runs. That is why the
+comparisons use a constant LR; the ResNet-20 accuracy comparison over several epochs keeps the default schedule.
+
+If torchrun fails (no distributed support in this build, no free port...), the failure is recorded in the results and
+the verdicts say so; the rest of the report is unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .core import Unit, Verdict, images, md_table, pick, verdict_lines
+
+NAME = "scaling"
+TITLE = "Scaling: data parallelism, accumulation, the linear scaling rule, bf16"
+CLAIM = "Training at scale is the same gradient descent: data parallel and accumulated runs equal the one-process run"
+DEPENDS: tuple[str, ...] = ()
+
+ROUNDING_TOL = 1e-5  # max |parameter difference| after one step that is float32 rounding, not another algorithm
+SAME_RUN_FRACTION = 0.1  # after N steps, an equivalent run stays within this fraction of the seed-to-seed distance
+ACC_TOL = 1.0  # points of test accuracy: "matches" (3-4 test images)
+
+
+def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "device": device,
+        "ddp": {"model": "resnet20", "batch_size": 32, "steps": pick(mode, 3, 20, 20), "lr": 0.1,
+                "timeout_s": pick(mode, 240, 300, 900)},
+        "accum": {"micro_batch": 16, "accum_steps": 4, "exact_steps": pick(mode, 2, 20, 20),
+                  "epochs": pick(mode, 1, 3, 15), "resnet_max_steps": pick(mode, 2, 0, 0)},
+        # tiny: 2 steps per run (no evaluation, so no accuracy: the verdicts say so)
+        "linear": {"base_batch": 8, "lr": 0.05, "multipliers": pick(mode, [8], [8, 32], [8, 16, 32]),
+                   "epochs": pick(mode, 1, 10, 30), "warmup_epochs": pick(mode, 1.0, 2.0, 5.0),
+                   "max_steps": pick(mode, 2, 0, 0)},
+        "amp": {"model": "resnet20", "batch_size": 64, "epochs": pick(mode, 1, 5, 30),
+                "max_steps": pick(mode, 2, 0, 0)},
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# units
+
+
+def units(s: dict[str, Any]) -> list[Unit]:
+    seed, dev = s["seed"], s["device"]
+    d, a, li, amp = s["ddp"], s["accum"], s["linear"], s["amp"]
+    n = a["exact_steps"]
+    out = [
+        Unit("ddp/vs-accumulation", f"{__name__}:ddp_pair", {**d, "sync_bn": False, "seed": seed}, 16),
+        Unit("ddp/sync-bn-vs-big-batch", f"{__name__}:ddp_pair", {**d, "sync_bn": True, "seed": seed}, 16),
+    ]
+    base = {"data": "digits", "seed": seed, "device": dev, "lr": 0.1, "base_batch": 256, "warmup_epochs": 0.0}
+    const = {**base, "schedule": "constant"}
+    alex = {**const, "model": "alexnet_cifar", "model_options": {"dropout": 0.0}, "image_size": 16, "epochs": 1,
+            "max_steps": n}
+    res = {**const, "model": "resnet20", "epochs": 1, "max_steps": n}
+    big = a["micro_batch"] * a["accum_steps"]
+    split = {"batch_size": a["micro_batch"], "accum_steps": a["accum_steps"]}
+    # The ResNet-20 accumulation pair also trains a few epochs for its accuracy: default (cosine) schedule there.
+    res_long = {**base, "model": "resnet20", "epochs": a["epochs"], "max_steps": a["resnet_max_steps"]}
+    pairs = [
+        ("accum/alexnet", {**alex, "batch_size": big}, {**alex, **split}, 1, 0.25 * n),
+        ("accum/resnet20", {**res_long, "batch_size": big}, {**res_long, **split}, 1, 2.5 * a["epochs"]),
+        ("reference/rounding-alexnet", {**alex, "batch_size": big}, {**alex, "batch_size": big}, 2, 0.2 * n),
+        ("reference/rounding-resnet20", {**res, "batch_size": big}, {**res, "batch_size": big}, 2, 0.1 * n),
+        ("reference/seed-alexnet", {**alex, "batch_size": big}, {**alex, "batch_size": big, "seed": seed + 1}, 1,
+         0.2 * n),
+        ("reference/seed-resnet20", {**res, "batch_size": big}, {**res, "batch_size": big, "seed": seed + 1}, 1,
+         0.1 * n),
+    ]
+    for name, cfg_a, cfg_b, threads_b, cost in pairs:
+        out.append(Unit(name, f"{__name__}:engine_pair",
+                        {"a": cfg_a, "b": cfg_b, "track_steps": n, "threads_b": threads_b}, cost + 4))
+    lin = {**base, "model": "resnet20", "base_batch": li["base_batch"], "lr": li["lr"], "epochs": li["epochs"],
+           "max_steps": li["max_steps"]}
+    out.append(Unit("linear/1x", f"{__name__}:engine_run", {"config": {**lin, "batch_size": li["base_batch"]}},
+                    2.0 * li["epochs"] + 2))
+    for k in li["multipliers"]:
+        for warm in (0.0, li["warmup_epochs"]):
+            cfg = {**lin, "batch_size": k * li["base_batch"], "warmup_epochs": warm}
+            out.append(Unit(f"linear/{k}x/{'warmup' if warm else 'no-warmup'}", f"{__name__}:engine_run",
+                            {"config": cfg}, 0.5 * li["epochs"] + 2))
+    for mode in ("off", "bf16"):
+        cfg = {**base, "model": amp["model"], "batch_size": amp["batch_size"], "epochs": amp["epochs"], "amp": mode,
+               "warmup_epochs": min(1.0, float(amp["epochs"])), "max_steps": amp["max_steps"]}
+        out.append(Unit(f"amp/{'fp32' if mode == 'off' else 'bf16'}", f"{__name__}:engine_run", {"config": cfg},
+                        1.2 * amp["epochs"] + 2))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# running the engine
+
+
+def _parameter_names(model: str, model_options: dict[str, Any] | None = None, in_chans: int = 1) -> list[str]:
+    import torch
+
+    from ... import create_model
+
+    with torch.device("meta"):
+        net = create_model(model, num_classes=10, in_chans=in_chans, **(model_options or {}))
+    return [n for n, _ in net.named_parameters()]
+
+
+def _step_diffs(run_a: Path, run_b: Path, names: list[str], steps: int) -> tuple[list[float], float]:
+    """Max |parameter difference| after each step 1..steps (from the per-step checkpoints), and max |parameter|."""
+    from ...train.checkpoint import checkpoint_path, load_checkpoint
+
+    diffs, scale = [], 0.0
+    for step in range(1, steps + 1):
+        pa, pb = checkpoint_path(run_a, step), checkpoint_path(run_b, step)
+        if not (pa.exists() and pb.exists()):
+            break
+        a, b = load_checkpoint(pa)["model"], load_checkpoint(pb)["model"]
+        diffs.append(max(float((a[n].double() - b[n].double()).abs().max()) for n in names))
+        scale = max(float(a[n].abs().max()) for n in names)
+    return diffs, scale
+
+
+def _curves(run_dir: Path) -> dict[str, Any]:
+    from ...train.metrics import read_metrics
+
+    records = read_metrics(run_dir)
+    train = [(r["step"], r["epoch"], r["loss"]) for r in records if r.get("kind") == "train"]
+    evals = [(r["step"], r["epoch"], r["top1"], r["loss"]) for r in records if r.get("kind") == "eval"]
+    ips = [r["images_per_s"] for r in records if r.get("kind") == "train" and "images_per_s" in r]
+    return {"train": train, "eval": evals, "images_per_s": sorted(ips)[len(ips) // 2] if ips else None}
+
+
+def _train(cfg_values: dict[str, Any], out: Path, track_steps: int = 0) -> dict[str, Any]:
+    """One ``convcanon.train.train`` run into ``out``; with ``track_steps``, a checkpoint after each of those steps."""
+    import io
+    import time
+
+    from ...train.config import config_from_dict
+    from ...train.loop import train
+
+    values = {"progress": False, "log_every": 1, "keep_checkpoints": 1, **cfg_values, "out": str(out)}
+    if track_steps:
+        values.update(checkpoint_every=1, keep_checkpoints=10**6)
+    cfg = config_from_dict(values, where="scaling experiment")
+    log = io.StringIO()
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        result = train(cfg, out_stream=log)
+    except Exception as err:  # noqa: BLE001 - a diverged or failed run is a result here, not a crash of the report
+        return {"ok": False, "error": f"{type(err).__name__}: {err}"[:500], "log": log.getvalue()[-2000:],
+                **(_curves(out) if (out / "metrics.jsonl").exists() else {})}
+    return {"ok": True, "steps": result.steps, "final": result.final, "seconds": round(time.perf_counter() - t0, 3),
+            "cpu_seconds": round(time.process_time() - c0, 3), **_curves(out)}
+
+
+def engine_run(config: dict[str, Any]) -> dict[str, Any]:
+    """One run of ``convcanon.train.train`` in a temporary run directory; returns its curves and final metrics."""
+    with tempfile.TemporaryDirectory(prefix="convcanon-scaling-") as tmp:
+        return _train(config, Path(tmp) / "run")
+
+
+def engine_pair(a: dict[str, Any], b: dict[str, Any], track_steps: int, threads_b: int = 1) -> dict[str, Any]:
+    """Two engine runs and the largest parameter difference between them after each of the first steps; run ``b``
+    on ``threads_b`` threads (2 for the rounding reference: only the float summation order changes)."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="convcanon-pair-") as tmp:
+        threads = torch.get_num_threads()
+        ra = _train(a, Path(tmp) / "a", track_steps)
+        torch.set_num_threads(threads_b)
+        try:
+            rb = _train(b, Path(tmp) / "b", track_steps)
+        finally:
+            torch.set_num_threads(threads)
+        out: dict[str, Any] = {"a": ra, "b": rb, "ok": ra["ok"] and rb["ok"]}
+        if out["ok"]:
+            names = _parameter_names(a["model"], a.get("model_options"))
+            out["step_diffs"], out["max_param"] = _step_diffs(Path(tmp) / "a", Path(tmp) / "b", names, track_steps)
+        return out
+
+
+def ddp_pair(model: str, batch_size: int, steps: int, lr: float, timeout_s: int, sync_bn: bool,
+             seed: int) -> dict[str, Any]:
+    """torchrun with 2 processes x ``batch_size`` vs one process: accumulation of 2 x ``batch_size`` (same micro-
+    batches), or with ``sync_bn`` one batch of 2 x ``batch_size`` (same batch statistics)."""
+    import torch
+
+    common = {"model": model, "data": "digits", "lr": lr, "base_batch": 256, "warmup_epochs": 0.0, "epochs": 1,
+              "max_steps": steps, "seed": seed, "deterministic": True, "device": "cpu", "schedule": "constant"}
+    with tempfile.TemporaryDirectory(prefix="convcanon-ddp-") as tmp:
+        ddp_dir, single_dir = Path(tmp) / "ddp", Path(tmp) / "single"
+        flags = ["--model", model, "--data", "digits", "--batch-size", str(batch_size), "--lr", str(lr),
+                 "--base-batch", "256", "--warmup-epochs", "0", "--schedule", "constant", "--epochs", "1",
+                 "--max-steps", str(steps),
+                 "--seed", str(seed), "--deterministic", "--device", "cpu", "--no-progress", "--log-every", "1"]
+        flags += ["--sync-bn"] if sync_bn else []
+        tracking = ["--checkpoint-every", "1", "--keep-checkpoints", str(steps + 1), "--out", str(ddp_dir)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+               "-m", "convcanon", "train", *flags, *tracking]
+        src = str(Path(__file__).resolve().parents[3])  # the directory holding the convcanon package
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
+        shown = "torchrun --nproc-per-node 2 -m convcanon train " + " ".join(flags)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+            failed = proc.returncode != 0 or not (ddp_dir / "model.safetensors").exists()
+            error = f"exit code {proc.returncode}" if failed else None
+            tail = (proc.stdout + proc.stderr)[-3000:]
+        except (OSError, subprocess.TimeoutExpired) as err:
+            failed, error, tail = True, f"{type(err).__name__}: {err}", ""
+        if failed:
+            return {"ok": False, "command": shown, "error": error, "output_tail": tail, "sync_bn": sync_bn}
+        single_cfg = {**common, "batch_size": batch_size, "accum_steps": 2} if not sync_bn else \
+            {**common, "batch_size": 2 * batch_size}
+        torch.set_num_threads(1)
+        single = _train(single_cfg, single_dir, track_steps=steps)
+        if not single["ok"]:
+            return {"ok": False, "command": shown, "error": f"the one-process run failed: {single['error']}",
+                    "sync_bn": sync_bn}
+        diffs, scale = _step_diffs(ddp_dir, single_dir, _parameter_names(model), steps)
+        return {"ok": True, "command": shown, "sync_bn": sync_bn, "steps": steps, "step_diffs": diffs,
+                "max_param": scale,
+                "single": f"accumulation 2 x {batch_size}" if not sync_bn else f"one batch of {2 * batch_size}"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# results
+
+
+def assemble(s: dict[str, Any], outputs: dict[str, Any], deps: dict[str, Any]) -> dict[str, Any]:
+    def pair(name: str) -> dict[str, Any]:
+        o = outputs[name]
+        if "a" in o:  # engine pairs
+            return {"ok": o["ok"], "step_diffs": o.get("step_diffs", []), "max_param": o.get("max_param"),
+                    "error": o["a"].get("error") or o["b"].get("error"), "a": _summary(o["a"]), "b": _summary(o["b"])}
+        return {k: v for k, v in o.items() if k != "output_tail"} | {"output_tail": o.get("output_tail", "")[-1500:]}
+
+    equivalence = {
+        "ddp_vs_accumulation": pair("ddp/vs-accumulation"),
+        "ddp_sync_bn_vs_big_batch": pair("ddp/sync-bn-vs-big-batch"),
+        "accumulation_alexnet": pair("accum/alexnet"), "accumulation_resnet20": pair("accum/resnet20"),
+        "rounding_alexnet": pair("reference/rounding-alexnet"),
+        "rounding_resnet20": pair("reference/rounding-resnet20"),
+        "seed_alexnet": pair("reference/seed-alexnet"), "seed_resnet20": pair("reference/seed-resnet20"),
+    }  # fmt: skip
+    li = s["linear"]
+    linear = {"base_batch": li["base_batch"], "lr": li["lr"], "epochs": li["epochs"],
+              "warmup_epochs": li["warmup_epochs"], "runs": {}}
+    linear["runs"]["1x"] = _summary(outputs["linear/1x"], curves=True)
+    for k in li["multipliers"]:
+        for tag in ("no-warmup", "warmup"):
+            linear["runs"][f"{k}x/{tag}"] = _summary(outputs[f"linear/{k}x/{tag}"], curves=True)
+    amp = {m: _summary(outputs[f"amp/{m}"], curves=True) for m in ("fp32", "bf16")}
+    return {"equivalence": equivalence, "linear": linear, "amp": amp, "multipliers": li["multipliers"],
+            "settings": {k: v for k, v in s.items() if k not in ("seed", "device")}}
+
+
+def _summary(run: dict[str, Any], curves: bool = False) -> dict[str, Any]:
+    out = {"ok": run["ok"], "error": run.get("error"), "steps": run.get("steps"),
+           "top1": (run.get("final") or {}).get("top1"), "test_loss": (run.get("final") or {}).get("loss"),
+           "seconds": run.get("seconds"), "cpu_seconds": run.get("cpu_seconds"),
+           "images_per_s": run.get("images_per_s")}
+    train = run.get("train", [])
+    out["max_train_loss"] = max((p[2] for p in train if math.isfinite(p[2])), default=None)
+    if curves:
+        out["train"], out["eval"] = train, run.get("eval", [])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# verdicts
+
+# The yardsticks (rounding reference, seed reference) each comparison is judged against: those of its model.
+REFERENCE = {"ddp_vs_accumulation": "resnet20", "ddp_sync_bn_vs_big_batch": "resnet20",
+             "accumulation_alexnet": "alexnet", "accumulation_resnet20": "resnet20"}
+ROUNDING_GROWTH = 10.0  # an equivalent run stays within this factor of the pure-rounding reference
+
+
+def same_run(results: dict[str, Any], key: str) -> tuple[bool | None, str]:
+    """(verdict, numbers) for one comparison: equal to rounding after step 1, then within ROUNDING_GROWTH x the
+    rounding reference (same run, other thread count), or, where rounding differences do not grow, within
+    SAME_RUN_FRACTION of the seed reference."""
+    eq = results["equivalence"]
+    r = eq[key]
+    rounding, seed = eq.get(f"rounding_{REFERENCE[key]}", {}), eq.get(f"seed_{REFERENCE[key]}", {})
+    if not r.get("ok") or not r.get("step_diffs"):
+        return None, f"no measurement ({r.get('error') or 'missing'})"
+    d = r["step_diffs"]
+    n = len(d)
+    nums = f"max |parameter difference| {d[0]:.2g} after step 1, {d[-1]:.2g} after step {n}"
+    if d[-1] == 0:
+        return True, nums + " (bit-identical)"
+    ref_r = rounding.get("step_diffs") or [] if rounding.get("ok") else []
+    ref_s = seed.get("step_diffs") or [] if seed.get("ok") else []
+    if len(ref_r) >= n:
+        nums += f"; rounding alone (1 vs 2 threads) {ref_r[n - 1]:.2g}"
+    if len(ref_s) >= n:
+        nums += f"; another seed {ref_s[n - 1]:.2g}"
+    if d[0] > ROUNDING_TOL:
+        return False, nums + f": beyond float rounding ({ROUNDING_TOL:g}) from the first step"
+    if len(ref_r) >= n and ref_r[n - 1] > 0 and ref_r[n - 1] >= ROUNDING_TOL:
+        if d[-1] <= ROUNDING_GROWTH * ref_r[n - 1]:
+            return True, nums + ": rounding differences, grown as rounding grows in this net"
+        return False, nums + f": more than {ROUNDING_GROWTH:g}x what rounding alone grows to"
+    if len(ref_s) >= n:
+        if d[-1] <= min(SAME_RUN_FRACTION * ref_s[n - 1], max(ROUNDING_TOL, ROUNDING_GROWTH * (ref_r or [0])[-1])):
+            return True, nums
+        return False, nums + ": growing where rounding alone does not"
+    return None, nums + ": no reference to judge the growth against"
+
+
+def verdict_ddp(results: dict[str, Any]) -> Verdict:
+    claim = "Data-parallel training on 2 processes is the same algorithm as one process"
+    r = results["equivalence"]["ddp_vs_accumulation"]
+    if not r.get("ok"):
+        return Verdict(claim, None, f"torchrun failed ({r.get('error')}); command: `{r.get('command')}`; its output "
+                                    "is in results.json.")
+    holds, nums = same_run(results, "ddp_vs_accumulation")
+    return Verdict(claim, holds, f"2 processes x 32 vs one process with {r['single']}: {nums}.")
+
+
+def verdict_sync_bn(results: dict[str, Any]) -> Verdict:
+    claim = "With synchronized batch norm, 2 processes x 32 equal one batch of 64"
+    r = results["equivalence"]["ddp_sync_bn_vs_big_batch"]
+    if not r.get("ok"):
+        return Verdict(claim, None, f"torchrun failed ({r.get('error')}).")
+    holds, nums = same_run(results, "ddp_sync_bn_vs_big_batch")
+    return Verdict(claim, holds, f"{nums}.")
+
+
+def verdict_accumulation(results: dict[str, Any]) -> Verdict:
+    claim = "Gradient accumulation equals one big batch (for a net without batch norm)"
+    s = results["settings"]["accum"]
+    holds, nums = same_run(results, "accumulation_alexnet")
+    text = f"{s['accum_steps']} x {s['micro_batch']} vs 1 x {s['accum_steps'] * s['micro_batch']}, AlexNet: {nums}"
+    bn = results["equivalence"]["accumulation_resnet20"]
+    if bn.get("ok") and bn["a"]["top1"] is not None and bn["b"]["top1"] is not None:
+        bn_holds, bn_nums = same_run(results, "accumulation_resnet20")
+        text += (f". ResNet-20, whose batch norm sees {s['micro_batch']} instead of "
+                 f"{s['accum_steps'] * s['micro_batch']} images: {bn_nums}; test accuracy after {s['epochs']} "
+                 f"epoch(s) {bn['b']['top1']:.1f}% accumulated vs {bn['a']['top1']:.1f}% big batch")
+    return Verdict(claim, holds, f"{text}.")
+
+
+def verdict_linear_scaling(results: dict[str, Any]) -> Verdict:
+    """At the smallest multiplier: with warmup within ACC_TOL of the base; without warmup clearly worse."""
+    li = results["linear"]
+    k = min(results["multipliers"])
+    claim = f"The linear scaling rule needs warmup (batch {k}x the base, LR {k}x)"
+    base, warm, cold = li["runs"]["1x"], li["runs"][f"{k}x/warmup"], li["runs"][f"{k}x/no-warmup"]
+    if any(r["top1"] is None for r in (base, warm, cold)):
+        failed = [n for n, r in li["runs"].items() if r["top1"] is None]
+        return Verdict(claim, None, f"runs without a result: {', '.join(failed)}.")
+    nums = (f"test accuracy after {li['epochs']} epochs: base batch {li['base_batch']} {base['top1']:.1f}%; "
+            f"{k}x with warmup {warm['top1']:.1f}%, without {cold['top1']:.1f}% (largest training loss "
+            f"{warm['max_train_loss']:.2f} vs {cold['max_train_loss']:.2f})")
+    matches = warm["top1"] >= base["top1"] - ACC_TOL
+    warm_helps = warm["top1"] - cold["top1"] > ACC_TOL
+    if matches and warm_helps:
+        return Verdict(claim, True, f"{nums}.")
+    if matches and not warm_helps:
+        return Verdict(claim, None, f"{nums}: the rule holds, but warmup makes no difference beyond {ACC_TOL:g} point "
+                                    "here.")
+    return Verdict(claim, False, f"{nums}: even with warmup the big batch falls short of the base.")
+
+
+def verdict_scaling_limit(results: dict[str, Any]) -> Verdict:
+    """The largest multiplier at which the warmed-up run is within ACC_TOL of the base (the rule's reach)."""
+    li = results["linear"]
+    claim = "The linear scaling rule has a limit"
+    base = li["runs"]["1x"]["top1"]
+    if base is None:
+        return Verdict(claim, None, "the base run failed.")
+    parts, reach = [], None
+    for k in sorted(results["multipliers"]):
+        r = li["runs"][f"{k}x/warmup"]
+        top1 = r["top1"]
+        parts.append(f"{k}x: {'failed' if top1 is None else f'{top1:.1f}%'} in {r['steps']} steps")
+        if top1 is not None and top1 >= base - ACC_TOL:
+            reach = k
+    nums = f"with warmup, base {base:.1f}%; " + "; ".join(parts)
+    top = max(results["multipliers"])
+    if reach == top:
+        return Verdict(claim, None, f"{nums}: it holds up to the largest batch tried ({top}x).")
+    if reach is None:
+        return Verdict(claim, True, f"{nums}: it fails already at the smallest multiplier tried.")
+    return Verdict(claim, True, f"{nums}: it holds up to {reach}x and breaks beyond (with a batch this large the "
+                                "whole run is a handful of steps; Goyal et al. saw the same beyond 8k on ImageNet).")
+
+
+def verdict_bf16(results: dict[str, Any]) -> Verdict:
+    claim = "bf16 mixed precision trains like fp32"
+    f32, b16 = results["amp"]["fp32"], results["amp"]["bf16"]
+    if f32["top1"] is None or b16["top1"] is None:
+        return Verdict(claim, None, f"a run failed: {f32.get('error') or b16.get('error')}.")
+    speed = ""
+    if f32.get("images_per_s") and b16.get("images_per_s"):
+        speed = f"; throughput {b16['images_per_s'] / f32['images_per_s']:.2f}x fp32's on this machine"
+    nums = f"test accuracy {b16['top1']:.1f}% (bf16) vs {f32['top1']:.1f}% (fp32){speed}"
+    gap = f32["top1"] - b16["top1"]
+    if abs(gap) <= 2 * ACC_TOL:
+        return Verdict(claim, True, f"{nums}: within {2 * ACC_TOL:g} points (one seed each).")
+    if gap > 4 * ACC_TOL:
+        return Verdict(claim, False, f"{nums}: bf16 is {gap:.1f} points behind.")
+    return Verdict(claim, None, f"{nums}: {abs(gap):.1f} points apart, which one seed cannot tell from noise.")
+
+
+def verdicts(results: dict[str, Any]) -> list[Verdict]:
+    return [verdict_ddp(results), verdict_sync_bn(results), verdict_accumulation(results),
+            verdict_linear_scaling(results), verdict_scaling_limit(results), verdict_bf16(results)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# plots and report
+
+
+def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
+    from ..plots import pyplot, save
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    ax = axes[0]
+    li = results["linear"]
+    cmap = plt.get_cmap("plasma")
+    ks = sorted(results["multipliers"])
+    base = li["runs"]["1x"]
+    if base["train"]:
+        xs, ys = _smooth(base["train"])
+        ax.plot(xs, ys, color="k", lw=1, label=f"base batch {li['base_batch']}")
+    for i, k in enumerate(ks):
+        colour = cmap(0.15 + 0.6 * i / max(1, len(ks) - 1))
+        for tag, ls in (("warmup", "-"), ("no-warmup", "--")):
+            run = li["runs"][f"{k}x/{tag}"]
+            pts = [p for p in run["train"] if math.isfinite(p[2])]
+            if pts:
+                xs, ys = _smooth(pts)
+                ax.plot(xs, ys, color=colour, ls=ls, lw=1.5, label=f"{k}x batch, {tag.replace('-', ' ')}")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (log scale)")
+    ax.set_title("Linear scaling rule, with and without warmup (ResNet-20)")
+    ax.text(0.99, 0.99, "curves: mean of each 1/4 epoch", ha="right", va="top", fontsize=7, transform=ax.transAxes)
+    ax.legend(fontsize=7)
+
+    ax = axes[1]
+    for key, colour, label in (("fp32", "tab:blue", "fp32"), ("bf16", "tab:orange", "bf16 autocast")):
+        run = results["amp"][key]
+        if run["train"]:
+            ax.plot([p[0] for p in run["train"]], [p[2] for p in run["train"]], color=colour, lw=1.2, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step (batch 64)")
+    ax.set_ylabel("training loss (log scale)")
+    ax.set_title("bf16 vs fp32 (ResNet-20)")
+    ax.legend()
+
+    ax = axes[2]
+    floor = 1e-10  # log axes cannot show an exact zero (bit-identical runs)
+    eq = results["equivalence"]
+    plotted = False
+    for key, colour, ls, label in (
+        ("ddp_vs_accumulation", "tab:green", "-", "DDP 2x32 vs 1 process, accumulation 2x32"),
+        ("ddp_sync_bn_vs_big_batch", "tab:purple", "-", "DDP 2x32 + sync BN vs 1 process, batch 64"),
+        ("accumulation_alexnet", "tab:blue", "-", "accumulation 4x16 vs batch 64, AlexNet (no BN)"),
+        ("accumulation_resnet20", "tab:brown", "-", "accumulation 4x16 vs batch 64, ResNet-20 (BN)"),
+        ("rounding_resnet20", "k", "--", "reference: ResNet-20, 1 vs 2 threads (rounding only)"),
+        ("rounding_alexnet", "tab:gray", "--", "reference: AlexNet, 1 vs 2 threads (rounding only)"),
+        ("seed_resnet20", "k", ":", "reference: ResNet-20, seed 0 vs seed 1"),
+        ("seed_alexnet", "tab:gray", ":", "reference: AlexNet, seed 0 vs seed 1"),
+    ):
+        r = eq[key]
+        if r.get("ok") and r.get("step_diffs"):
+            diffs = [max(d, floor) for d in r["step_diffs"]]
+            ax.plot(range(1, len(diffs) + 1), diffs, color=colour, ls=ls, marker="." if ls == "-" else None,
+                    label=label)
+            plotted = True
+    if not eq["ddp_vs_accumulation"].get("ok"):
+        ax.text(0.5, 0.95, "torchrun failed: see the verdict", ha="center", va="top", transform=ax.transAxes,
+                color="tab:red")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"max |parameter difference| (log scale, floor {floor:g})")
+    ax.set_title("Same algorithm? Distance between the two runs")
+    if plotted:
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 0.08))
+    return [save(fig, out_dir, "scaling.png")]
+
+
+def _smooth(points: list, per_epoch_bins: int = 4) -> tuple[list[float], list[float]]:
+    """(epoch, loss) averaged over bins of 1/per_epoch_bins epoch: per-step losses at batch 8 are too noisy to read."""
+    bins: dict[int, list[tuple[float, float]]] = {}
+    for _step, epoch, loss in points:
+        bins.setdefault(int(epoch * per_epoch_bins), []).append((epoch, loss))
+    xs = [sum(e for e, _ in b) / len(b) for _, b in sorted(bins.items())]
+    ys = [sum(v for _, v in b) / len(b) for _, b in sorted(bins.items())]
+    return xs, ys
+
+
+def section(results: dict[str, Any], verdicts: list[Verdict], plots: list[str]) -> str:
+    eq = results["equivalence"]
+    rows = []
+    for key, label in (("ddp_vs_accumulation", "DDP 2 x 32 vs 1 process, accumulation 2 x 32 (ResNet-20)"),
+                       ("ddp_sync_bn_vs_big_batch", "DDP 2 x 32 with --sync-bn vs 1 process, batch 64 (ResNet-20)"),
+                       ("accumulation_alexnet", "accumulation 4 x 16 vs batch 64 (AlexNet, no BN)"),
+                       ("accumulation_resnet20", "accumulation 4 x 16 vs batch 64 (ResNet-20, BN)"),
+                       ("rounding_resnet20", "reference: ResNet-20, 1 vs 2 threads (rounding only)"),
+                       ("rounding_alexnet", "reference: AlexNet, 1 vs 2 threads (rounding only)"),
+                       ("seed_resnet20", "reference: ResNet-20, seed 0 vs seed 1"),
+                       ("seed_alexnet", "reference: AlexNet, seed 0 vs seed 1")):
+        r = eq[key]
+        d = r.get("step_diffs") or []
+        if r.get("ok") and d:
+            rows.append((label, f"{d[0]:.2g}", f"{d[-1]:.2g}", len(d)))
+        else:
+            rows.append((label, f"failed: {r.get('error')}", "-", "-"))
+    equiv = md_table(rows, ["comparison", "max abs parameter difference after step 1", "after the last step",
+                            "steps"], "lrrr")
+    li = results["linear"]
+    lin_rows = [(name, r["steps"], "-" if r["top1"] is None else f"{r['top1']:.1f}",
+                 "-" if r["max_train_loss"] is None else f"{r['max_train_loss']:.2f}", r.get("error") or "")
+                for name, r in li["runs"].items()]  # fmt: skip
+    lin = md_table(lin_rows, ["run (batch multiple, warmup)", "steps", "test top-1 %", "largest training loss", "note"],
+                   "lrrrl")
+    amp_rows = [(k, "-" if r["top1"] is None else f"{r['top1']:.1f}", f"{r['images_per_s'] or 0:.0f}",
+                 f"{r['cpu_seconds'] or 0:.1f}") for k, r in results["amp"].items()]
+    amp = md_table(amp_rows, ["precision", "test top-1 %", "images/s (median)", "CPU s"], "lrrr")
+    cmd = eq["ddp_vs_accumulation"].get("command", "")
+    return (
+        f"All runs through `convcanon.train.train`. Data parallel: `{cmd}`. Parameters compared after every step "
+        f"(batch-norm running averages excluded).\n\n{equiv}\n\n"
+        f"Linear scaling rule: ResNet-20, base batch {li['base_batch']} at LR {li['lr']}, {li['epochs']} epochs, "
+        f"warmup {li['warmup_epochs']:g} epochs where on.\n\n{lin}\n\nbf16 vs fp32:\n\n{amp}\n\n"
+        f"{verdict_lines(verdicts)}\n\n" + images(plots, NAME, {"scaling.png": "scaling"})
+    )

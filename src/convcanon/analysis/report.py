@@ -1,0 +1,178 @@
+"""The evidence report: every experiment, then ``DIR/report.md`` with the verdicts, tables and plots.
+
+``build_report`` runs the experiments (each cached per configuration, see ``experiments.core``), states the expected
+runtime before it starts, and writes one Markdown file whose images are the experiments' PNGs (relative links, so the
+directory can be moved or committed as it is).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .experiments import EXPERIMENTS
+from .experiments.core import (
+    ExperimentRun,
+    Mode,
+    default_jobs,
+    duration,
+    expected_seconds,
+    experiment_module,
+    md_table,
+    pending_units,
+    run_experiment,
+    run_units,
+)
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    runs: list[ExperimentRun]
+    seconds: float
+    cpu_seconds: float
+    expected_seconds: float
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the main table: one row per verdict
+
+
+def resolve_names(only: str | Sequence[str] | None) -> list[str]:
+    """Experiment names in report order; ``only`` as a comma-separated string or a list (hyphens allowed)."""
+    if not only:
+        return list(EXPERIMENTS)
+    wanted = [n.strip().replace("-", "_") for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+    unknown = [n for n in wanted if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"--only: unknown experiment(s) {', '.join(unknown)}; experiments: {', '.join(EXPERIMENTS)}")
+    return [n for n in EXPERIMENTS if n in wanted]
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the workers, torchrun's ranks)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def build_report(
+    out: str | Path,
+    *,
+    mode: Mode = "quick",
+    seed: int = 0,
+    only: str | Sequence[str] | None = None,
+    force: bool = False,
+    jobs: int | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> ReportResult:
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    names = resolve_names(only)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs_used = jobs or default_jobs(device)
+    expected = expected_seconds(names, mode, seed, device, jobs, out)
+    log(f"convcanon report ({mode} mode): {len(names)} experiment(s) into {out}; expected runtime "
+        f"{duration(expected)} for what is not cached yet ({jobs_used} worker process(es), one CPU core each"
+        f"{'; a GPU is faster' if mode == 'full' else ''}). Finished pieces are cached: an interrupted run resumes.")
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    # Every experiment's missing units in one pool, longest first, so no worker idles while another finishes a
+    # long unit of one experiment; then each experiment is assembled from the cache.
+    tasks = pending_units(names, out=out, mode=mode, seed=seed, device=device, force=force)
+    _, _, computed, unit_cpu = run_units(tasks, force=force, jobs=jobs, threads=threads, device=device,
+                                         progress=progress, log=log, label="report")
+    done: dict[str, ExperimentRun] = {}
+    runs = []
+    for name in names:
+        if name not in done:
+            done[name] = run_experiment(name, out=out, mode=mode, seed=seed, device=device, reassemble=force,
+                                        jobs=jobs, threads=threads, progress=progress, log=log, _deps_done=done)
+        runs.append(done[name])
+    for run in runs:  # what the pool computed, not what the assembly found in the cache
+        if run.name in computed:
+            run.computed, run.cpu_seconds = computed[run.name], unit_cpu[run.name]
+            run.cached = max(0, len(run.unit_stats) - run.computed)
+            run.reused = False
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    rows = main_rows(runs)
+    text = render(runs, rows, mode=mode, seed=seed, seconds=seconds, cpu_seconds=cpu, expected=expected,
+                  jobs=jobs_used, command=command)
+    path = out / "report.md"
+    tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    summary = {"mode": mode, "seed": seed, "convcanon": __version__, "seconds": round(seconds, 1),
+               "cpu_seconds": round(cpu, 1), "expected_seconds": round(expected, 1), "verdicts": rows,
+               "experiments": {r.name: {"results": str(r.dir / "results.json"),
+                                        "plots": [str(r.dir / p) for p in r.plots], "computed_units": r.computed,
+                                        "cached_units": r.cached} for r in runs}}
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    log(f"report: {path} ({duration(seconds)} wall, {cpu:.0f} CPU seconds)")
+    return ReportResult(path, runs, seconds, cpu, expected, rows)
+
+
+def main_rows(runs: Sequence[ExperimentRun]) -> list[dict[str, Any]]:
+    return [{"experiment": r.name, "claim": v.claim, "verdict": v.label, "evidence": v.text}
+            for r in runs for v in r.verdicts]  # fmt: skip
+
+
+def main_table(rows: Sequence[dict[str, Any]]) -> str:
+    marks = {"holds": "✅ holds", "does not hold": "❌ does not hold", "inconclusive": "➖ inconclusive"}
+    return md_table([(r["experiment"], r["claim"], marks[r["verdict"]], r["evidence"]) for r in rows],
+                    ["experiment", "claim", "verdict", "evidence (measured here unless marked quoted)"], "llll")
+
+
+def _unit_cpu(runs: Sequence[ExperimentRun]) -> float:
+    return sum(u.get("cpu_seconds") or 0.0 for r in runs for u in r.unit_stats.values())
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def render(runs: Sequence[ExperimentRun], rows: Sequence[dict[str, Any]], *, mode: str, seed: int, seconds: float,
+           cpu_seconds: float, expected: float, jobs: int, command: str | None) -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or
+                                                                               platform.machine())
+    counts = {k: sum(r["verdict"] == k for r in rows) for k in ("holds", "does not hold", "inconclusive")}
+    cmd = command or f"convcanon report{' --quick' if mode == 'quick' else ' --tiny' if mode == 'tiny' else ''}"
+    lines = [
+        "# convcanon evidence report",
+        "",
+        f"Generated by `{cmd}` (convcanon {__version__}, torch {torch.__version__}, Python "
+        f"{platform.python_version()}) on {time.strftime('%Y-%m-%d %H:%M')}: {mode} mode, seed {seed}, "
+        f"{os.cpu_count()} CPU core(s), {device}, {jobs} worker process(es). This run took {duration(seconds)} wall "
+        f"and {cpu_seconds:.0f} CPU seconds (expected {duration(expected)} before it started; cached pieces cost "
+        f"nothing); the results shown cost {_unit_cpu(runs):.0f} CPU seconds of training and measuring, whenever "
+        "they were computed. Raw results: `<experiment>/results.json`.",
+        "",
+        f"**{_count(counts['holds'], 'claim holds', 'claims hold')}, "
+        f"{_count(counts['does not hold'], 'does not', 'do not')}, "
+        f"{_count(counts['inconclusive'], 'is inconclusive', 'are inconclusive')}.** Every verdict is computed from "
+        "the numbers by a small function (see `convcanon/analysis/experiments/`); an effect inside the seed spread "
+        "is reported as inconclusive, never as holding. Numbers marked *quoted* come from torchvision's model table "
+        "or the papers; everything else was measured by this run.",
+        "",
+        main_table(rows),
+        "",
+    ]
+    for i, run in enumerate(runs, 1):
+        mod = experiment_module(run.name)
+        lines += [f"## {i}. {mod.TITLE}", "", f"*Claim:* {mod.CLAIM}.", "",
+                  mod.section(run.results, run.verdicts, run.plots), ""]
+    lines += ["## Runtime", "",
+              md_table([(r.name, r.computed, r.cached, f"{_unit_cpu([r]):.0f}") for r in runs],
+                       ["experiment", "units computed now", "units from the cache", "CPU s of its units"], "lrrr"),
+              ""]
+    return "\n".join(lines)
