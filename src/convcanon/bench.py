@@ -753,4 +753,7 @@ def format_report(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BenchConfig", "BenchResult", "Series", "run_bench", "format_report", "resolve_device"]
+__all__ = [
+    "BenchConfig", "BenchResult", "Series", "Subject", "run_bench", "format_report", "resolve_device", "resolve_shape",
+    "build_model", "make_ours", "make_baseline", "baseline_description", "peak_matmul_subject", "per_round_ratio",
+]  # fmt: skip

@@ -80,7 +80,8 @@ def cpu_name() -> str:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{name} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 @dataclass(frozen=True)
