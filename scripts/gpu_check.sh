@@ -76,5 +76,36 @@ step "bench digits end-to-end" 80 "$PY" -m convcanon bench --model resnet20 --ba
     --windows 5 --window-seconds 1 --warmup 3 --no-inference --no-peak --no-memory \
     --save "$RESULTS/bench_digits_e2e.json"
 
+# 5. Folder data (issue 5, item 4): decode throughput per worker, of the loader and of GPU JPEG decoding (nvJPEG), and
+#    the automatic choice between them, on a tree of 256 photo-like 256x256 JPEGs written here (a few seconds).
+FOLDER="$(mktemp -d "${TMPDIR:-/tmp}/convcanon_jpegs.XXXXXX")"
+if "$PY" - "$FOLDER" <<'EOF' 2>&1 | tee -a "$LOG"; then
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+root, rng = Path(sys.argv[1]), np.random.default_rng(0)
+for split, per_class in (("train", 112), ("val", 16)):
+    for cls in ("a", "b"):
+        for i in range(per_class):
+            # Smooth colour fields plus grain: file sizes and decode costs like photos, unlike pure noise.
+            low = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((256, 256), Image.BICUBIC)
+            pixels = np.asarray(low).astype(np.int16) + rng.integers(-12, 13, (256, 256, 3))
+            path = root / split / cls / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+print(f"wrote 256 JPEGs under {root}")
+EOF
+    step "bench folder decode" 60 "$PY" -m convcanon bench --model resnet18 --batch-size 64 --data "folder:$FOLDER" \
+        --device cuda --workers 4 --no-compile --windows 3 --window-seconds 1 --warmup 2 --no-inference --no-peak \
+        --no-memory --save "$RESULTS/bench_folder_decode.json"
+else
+    say "FAILED writing the JPEG tree for the folder decode check"
+    FAILED=$((FAILED + 1))
+fi
+rm -rf "$FOLDER"
+
 say "done: $FAILED step(s) failed; log and JSON results in $RESULTS"
 exit "$FAILED"

@@ -3,14 +3,19 @@
 What is timed (issue 5):
 
 - *ours*: the step ``convcanon train`` runs, with the engine it resolves for this device (``train/engine.py``:
-  precision, channels-last, compile, cuDNN autotuning, activation checkpointing) and its optimizer (foreach SGD with
-  the weight-decay groups), its loss, and its one host sync per optimizer step (the non-finite-loss check).
+  precision, channels-last, compile, cuDNN autotuning, activation checkpointing) and its optimizer (fused SGD with
+  the weight-decay groups, where the device has the kernel), its loss, and its device-side non-finite-loss check
+  (``loop.NonFiniteWatch``: no host sync in the step).
 - *baseline* (``--baseline``): the naive reference. The torchvision model of the same architecture when there is one
   (``models.torchvision_compat.torchvision_name``), else the same convcanon model (CIFAR ResNets have no torchvision
   twin); fp32, NCHW, eager, default cuDNN flags, a plain ``torch.optim.SGD(model.parameters(), foreach=False)`` loop,
   and ``loss.item()`` every step as naive code logs it.
 - *data* (``--data SPEC``): ours fed by the real data path (``open_data(SPEC).train_batches``, the loop's batches,
   augmented on the device) instead of one synthetic tensor of the same shape: the end-to-end figure.
+- *decode* (``--data`` folder data): images/s of one worker's per-sample path (read, decode, crop, flip, to tensor),
+  of the DataLoader with ``--workers`` workers, and on CUDA of the GPU-decode path (``data/throughput.py``), measured
+  before the timed windows; the report says whether the path in use keeps up with ours' training step and how many
+  CPU workers would.
 - *peak*: a large matrix multiply in the compute precision of ours (fp32 on CPU, bf16 with ``--amp bf16``), the
   device's attainable FLOP/s measured on this machine in this run, so the utilization figure holds anywhere.
 
@@ -70,6 +75,8 @@ class BenchConfig:
     threads: int | None = None
     baseline: bool = False
     data: str | None = None  # a --data spec: add the end-to-end subject fed by the real data path
+    workers: int = 2  # DataLoader workers for folder data (as convcanon train's --workers)
+    decode: str = "auto"  # folder data: auto | cpu | gpu (JPEG decoding on the GPU; data/folder.py)
     windows: int = 5
     steps: int | None = None  # steps per window; None = enough for about window_seconds
     window_seconds: float = 2.0
@@ -92,6 +99,12 @@ class BenchConfig:
             raise ValueError(f"--amp must be auto, off, bf16 or fp16; got {self.amp!r}")
         if not self.window_seconds > 0:
             raise ValueError(f"window_seconds must be > 0; got {self.window_seconds}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0; got {self.workers}")
+        if self.decode not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"--decode must be auto, cpu or gpu; got {self.decode!r}")
+        if self.decode != "auto" and self.data is None:
+            raise ValueError(f"--decode {self.decode} sets how --data folder:PATH is decoded: give --data")
 
 
 @dataclass
@@ -126,6 +139,7 @@ class BenchResult:
     ratios: dict[str, float]  # e.g. train ours/baseline, medians of per-round ratios
     utilization: dict[str, float]  # achieved model FLOP/s over the matmul peak, per subject
     memory: dict[str, int]  # peak bytes of a training step, per subject
+    decode: dict[str, Any] | None = None  # folder data: decode throughput (data/throughput.py) against ours' step
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +149,7 @@ class BenchResult:
             "peak_flops": self.peak.as_dict() if self.peak else None,
             "achieved_train_flops": {k: s.median * self.setup["train_flops_per_image"] for k, s in self.train.items()},
             "ratios": self.ratios, "utilization": self.utilization, "memory_bytes": self.memory,
+            "decode": self.decode,
         }  # fmt: skip
 
 
@@ -225,6 +240,7 @@ def make_ours(cfg: BenchConfig, device: torch.device, shape: Shape, say: Say, *,
               activation_checkpointing: bool | None = None, data: Any = None) -> Subject:
     """The training step of ``convcanon train`` (see the module docstring); ``data``: feed it the data path."""
     from .train.config import TrainConfig
+    from .train.loop import NonFiniteWatch
     from .train.optim import build_optimizer
     from .train.task import ClassificationTask
 
@@ -236,6 +252,7 @@ def make_ours(cfg: BenchConfig, device: torch.device, shape: Shape, say: Say, *,
     # recipe's LR make nets without batch norm (AlexNet) diverge, and the baseline uses the same LR.
     train_cfg = TrainConfig(model=cfg.model, batch_size=cfg.batch_size, lr=BENCH_LR)
     optimizer = build_optimizer(model, train_cfg, device)
+    watch = NonFiniteWatch(device)
     net = engine.maybe_compile(model, say)
     task = ClassificationTask(label_smoothing=train_cfg.label_smoothing, aux_weight=train_cfg.aux_weight)
     scaler = torch.amp.GradScaler(device.type, enabled=engine.amp == "fp16")
@@ -256,9 +273,7 @@ def make_ours(cfg: BenchConfig, device: torch.device, shape: Shape, say: Say, *,
             scaler.step(optimizer)
             scaler.update()
         else:
-            # The loop's one host sync per optimizer step (its non-finite-loss check); a benchmark on random data
-            # only pays for it.
-            (~torch.isfinite(loss)).item()
+            watch.see(loss.detach(), 0)  # the loop's non-finite check: device-side, read at log lines only
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -500,10 +515,11 @@ def _touch_kernels() -> None:
     """Import the training stack and run one tiny step, so that loading libraries and code pages (hundreds of MiB of
     oneDNN/MKL) is not counted as the benchmarked step's memory."""
     from .train import optim, task  # noqa: F401
+    from .train.engine import optimizer_kernel
 
     conv, norm, fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 2)
     net = nn.Sequential(conv, norm, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, **{optimizer_kernel("cpu"): True})
     for fmt in (torch.contiguous_format, torch.channels_last):
         net.to(memory_format=fmt)
         x = torch.randn(2, 3, 8, 8).contiguous(memory_format=fmt)
@@ -582,14 +598,14 @@ def _open_data(cfg: BenchConfig):
         return None
     from .data import open_data
 
-    return open_data(cfg.data, image_size=cfg.image_size, progress=False)
+    return open_data(cfg.data, image_size=cfg.image_size, workers=cfg.workers, decode=cfg.decode, progress=False)
 
 
 def _build_subjects(cfg: BenchConfig, device: torch.device, say: Say, only: str | None = None,
-                    memory: dict[str, int] | None = None) -> list[Subject]:
-    """The subjects to time. With ``memory`` on CUDA, each one's peak step memory is measured right after it is
-    built, before the next one allocates anything."""
-    data = _open_data(cfg)
+                    memory: dict[str, int] | None = None, data: Any = None) -> list[Subject]:
+    """The subjects to time (``data``: the opened --data, else opened here). With ``memory`` on CUDA, each one's
+    peak step memory is measured right after it is built, before the next one allocates anything."""
+    data = data if data is not None else _open_data(cfg)
     shape = resolve_shape(cfg, data.info if data is not None else None)
     wanted = [only] if only else ["ours"] + (["ours_plain"] if cfg.activation_checkpointing else []) + (
         ["data"] if data is not None else []) + (["baseline"] if cfg.baseline else [])
@@ -621,7 +637,6 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     device = resolve_device(cfg.device)
     data = _open_data(cfg)
     shape = resolve_shape(cfg, data.info if data is not None else None)
-    del data  # the subjects open their own (cheap for in-memory data)
     model = build_model(cfg, shape)
     engine = _engine(cfg, device, model)
     macs = count_macs(model, (shape.in_chans, shape.image_size, shape.image_size))
@@ -629,8 +644,14 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     train_flops, infer_flops = 3 * 2 * macs, 2 * macs
     baseline_what = baseline_description(cfg, shape)[0] if cfg.baseline else None
 
+    decode = None
+    if data is not None and data.info.name == "folder":
+        from .data.throughput import measure_decode
+
+        say("decode: timing one worker and the loader on a sample of the training files ...")
+        decode = measure_decode(data, device, seed=cfg.seed)  # before any subject: nothing else runs meanwhile
     memory: dict[str, int] = {}
-    subjects = _build_subjects(cfg, device, say, memory=memory if cfg.memory else None)
+    subjects = _build_subjects(cfg, device, say, memory=memory if cfg.memory else None, data=data)
     peak_subject, peak_work = None, 0.0
     if cfg.peak:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(engine.amp, torch.float32)
@@ -685,7 +706,14 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
                           if device.type == "cuda" else
                           "child process: peak RSS (VmHWM) minus RSS before building, 2 steps"),
     }  # fmt: skip
-    return BenchResult(dataclasses.asdict(cfg), setup, train_series, infer_series, peak, ratios, utilization, memory)
+    decode_figures = None
+    if decode is not None:
+        training = train_series["ours"].median
+        decode_figures = {**decode.as_dict(), "delivered": decode.delivered, "training_images_per_s": training,
+                          "delivered_over_training": decode.delivered / training,
+                          "workers_needed": decode.workers_needed(training)}
+    return BenchResult(dataclasses.asdict(cfg), setup, train_series, infer_series, peak, ratios, utilization, memory,
+                       decode_figures)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -738,6 +766,8 @@ def format_report(result: BenchResult) -> str:
         lines.append(f"end-to-end / synthetic: {100 * r['train_data_over_synthetic']:.1f}% (target >= 90%)")
     if "train_checkpointed_over_plain" in r:
         lines.append(f"activation checkpointing: {r['train_checkpointed_over_plain']:.2f}x the speed without it")
+    if result.decode:
+        lines += _decode_lines(result.decode)
     if result.peak is not None:
         p = result.peak
         lines.append(f"peak ({setup['peak']}): {_si(p.median, 'FLOP/s')} [{_si(min(p.rates), '')}.."
@@ -751,6 +781,26 @@ def format_report(result: BenchResult) -> str:
             saving = 1 - result.memory["ours"] / result.memory["ours_plain"]
             lines.append(f"activation checkpointing saves {100 * saving:.0f}% of the step's peak memory")
     return "\n".join(lines)
+
+
+def _decode_lines(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "decode (folder data; per sample: read + PIL decode + RandomResizedCrop + flip + to tensor):",
+        f"  per worker  {d['per_worker']:10.1f} images/s  (one process, {d['sample']} files)",
+        f"  loader      {d['loader']:10.1f} images/s  ({d['workers']} workers, {d['cpus']} CPUs usable, "
+        f"{d['loader_images']} files)",
+    ]
+    if d["gpu"] is not None:
+        lines.append(f"  GPU decode  {d['gpu']:10.1f} images/s  (loader of file bytes + nvJPEG + crop on the GPU)")
+    elif d["gpu_error"]:
+        lines.append(f"  GPU decode  unavailable: {d['gpu_error']}")
+    lines.append(f"  in use      {d['choice_line']}")
+    ratio, need = d["delivered_over_training"], d["workers_needed"]
+    verdict = "keeps up" if ratio >= 1 else "is the bottleneck"
+    lines.append(f"  the {d['choice']} decode path {verdict}: {d['delivered']:.1f} / {d['training_images_per_s']:.1f} "
+                 f"images/s of ours' training step = {ratio:.2f}x; PIL decoding would need {need} worker(s)"
+                 f"{' (more than the CPUs here)' if need > d['cpus'] else ''}")
+    return lines
 
 
 __all__ = [

@@ -41,7 +41,7 @@ PER_RANK = 40
 def _args(out: Path, *extra: str, batch_norm: bool = False, per_rank: int = PER_RANK, steps: int = STEPS) -> list[str]:
     args = ["train", "--model", "resnet20", "--data", "digits", "--epochs", "2", "--max-steps", str(steps),
             "--batch-size", str(per_rank), "--lr", "0.01", "--schedule", "constant", "--warmup-epochs", "0",
-            "--workers", "0", "--no-progress", "--deterministic", "--log-every", "5", "--out", str(out)]
+            "--workers", "0", "--no-progress", "--deterministic", "--amp", "off", "--log-every", "5", "--out", str(out)]
     args += ["--model-option", "activation=tanh"]
     if not batch_norm:
         args += ["--model-option", "batch_norm=false"]
@@ -53,7 +53,7 @@ def _single(out: Path, *, batch_norm: bool = False, steps: int = STEPS, **kw) ->
     options = {"activation": "tanh", **({} if batch_norm else {"batch_norm": False})}
     cfg = TrainConfig(model="resnet20", model_options=options, data="digits", epochs=2, max_steps=steps,
                       batch_size=2 * PER_RANK, lr=0.01, schedule="constant", warmup_epochs=0.0, workers=0,
-                      progress=False, deterministic=True, log_every=5, out=str(out), **kw)  # fmt: skip
+                      progress=False, deterministic=True, amp="off", log_every=5, out=str(out), **kw)  # fmt: skip
     _train_one_thread(cfg)
     return _weights(out)
 
@@ -146,7 +146,7 @@ def test_exact_evaluation_when_the_world_does_not_divide_the_test_set(launcher, 
     out = tmp_path / "three"
     launch = launcher.run(["train", "--model", "resnet20", "--model-option", "batch_norm=false", "--data",
                            "synthetic:1:8:10", "--epochs", "1", "--batch-size", "16", "--workers", "0",
-                           "--no-progress", "--out", str(out)], nproc=3)
+                           "--no-progress", "--amp", "off", "--out", str(out)], nproc=3)
     assert "on 256 images" in launch.output
     (record,) = _evals(out)
     assert record["samples"] == 256

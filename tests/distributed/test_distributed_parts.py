@@ -223,7 +223,7 @@ def _run(tmp_path, name, **kw):
 
 
 COMMON = dict(model="resnet20", model_options={"batch_norm": False}, epochs=1, lr=0.05, warmup_epochs=0.0,
-              schedule="constant", deterministic=True)
+              schedule="constant", deterministic=True, amp="off")
 
 
 class _Data:

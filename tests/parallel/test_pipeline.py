@@ -127,7 +127,7 @@ def test_manual_split_is_checked_against_the_model():
 # ----------------------------------------------------------------------------------------------------- torchrun runs
 
 COMMON = ["--epochs", "1", "--schedule", "constant", "--warmup-epochs", "0", "--workers", "0", "--no-progress",
-          "--deterministic", "--log-every", "1"]
+          "--deterministic", "--amp", "off", "--log-every", "1"]
 
 
 def _accumulated(out: Path, model: str, options: dict, data: str, batch: int, micro: int, steps: int) -> None:
@@ -135,7 +135,7 @@ def _accumulated(out: Path, model: str, options: dict, data: str, batch: int, mi
     workers)."""
     cfg = TrainConfig(model=model, model_options=options, data=data, batch_size=batch // micro, accum_steps=micro,
                       max_steps=steps, epochs=1, schedule="constant", warmup_epochs=0.0, workers=0, progress=False,
-                      deterministic=True, log_every=1, out=str(out))
+                      deterministic=True, amp="off", log_every=1, out=str(out))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

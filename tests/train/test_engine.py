@@ -38,8 +38,9 @@ def _gpu(facts, **settings):
 @pytest.mark.parametrize("facts", [CPU, CPU_BF16])
 def test_cpu_auto_choices(facts):
     engine = resolve_engine(device="cpu", model=convcanon.create_model("resnet20"), facts=facts)
-    assert engine.amp == "off"  # bf16 autocast on CPU only when asked, even where the CPU has native bf16
-    assert ("--amp bf16" in engine.reasons["amp"]) == facts.cpu_bf16  # ... but the user is told
+    # bf16 autocast where the CPU computes in bf16 natively, fp32 where it would be emulated (slower)
+    assert engine.amp == ("bf16" if facts.cpu_bf16 else "off")
+    assert ("--amp off" in engine.reasons["amp"]) == facts.cpu_bf16  # the way back to fp32 is named
     assert engine.channels_last
     assert not engine.compile
     assert not engine.cudnn_benchmark
@@ -98,7 +99,8 @@ def test_describe_prints_each_choice_with_its_reason_and_flag():
 
 def test_real_device_facts_on_this_machine():
     facts = DeviceFacts.of("cpu")
-    assert facts.type == "cpu" and not facts.bf16 and facts.capability is None  # bf16 = native on a GPU
+    assert facts.type == "cpu" and facts.capability is None
+    assert facts.bf16 == facts.cpu_bf16  # on a CPU, native bf16 means AVX512-BF16 or AMX in /proc/cpuinfo
 
 
 # ---- config: None = auto, flags on top

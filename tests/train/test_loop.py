@@ -53,7 +53,7 @@ def test_accumulation_equals_one_big_batch_without_batch_norm(tmp_path):
     # loss by 1/k, and the data order puts the same k*b samples in one step either way.
     # constant LR: the cosine's length depends on steps per epoch, which differ (44 steps of 32 vs 45 of 4 x 8).
     common = dict(model="resnet20", model_options={"batch_norm": False}, epochs=1, max_steps=6, lr=0.05,
-                  warmup_epochs=0.0, schedule="constant", deterministic=True)
+                  warmup_epochs=0.0, schedule="constant", deterministic=True, amp="off")
     big = _weights(_run(tmp_path, "big", batch_size=32, accum_steps=1, **common))
     acc = _weights(_run(tmp_path, "acc", batch_size=8, accum_steps=4, **common))
     # 1e-5 relative: the two sums group the same float32 terms differently; 6 SGD steps amplify that rounding only a
@@ -128,6 +128,57 @@ def test_non_finite_loss_stops_before_the_step_and_keeps_checkpoints(tmp_path, m
     state, path = newest
     assert state["step"] == 4  # the last good checkpoint, intact
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_non_finite_loss_is_caught_at_the_next_log_line_before_any_save(tmp_path, monkeypatch):
+    # No checkpoint in between: the check runs at step 20 (--log-every), names step 5, and nothing was saved.
+    calls = {"n": 0}
+    original = ClassificationTask.loss
+
+    def poisoned(self, output, target):
+        calls["n"] += 1
+        loss = original(self, output, target)
+        return loss * float("inf") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(ClassificationTask, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 5 \(found at step 20"):
+        _run(tmp_path, "r", epochs=1, batch_size=32, log_every=20)
+    assert ckpt.load_latest(tmp_path / "r") is None
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+    events = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["event"]) for e in events if e.get("kind") == "event"] == [(4, "non-finite loss")]
+
+
+_SYNCS = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+
+def _count_host_syncs_in_loop(monkeypatch) -> dict[str, int]:
+    """Count the loop's own reads of tensor values on the host (each is a device sync on a GPU)."""
+    counts = {"n": 0}
+    loop_file = train.__code__.co_filename
+    for name in _SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if sys._getframe(1).f_code.co_filename == loop_file:
+                counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch, amp):
+    # Host reads happen at log lines only (the loss window and the non-finite check), never per step: 6 and 18 steps
+    # with one log line at the end read back exactly as often.
+    counts = _count_host_syncs_in_loop(monkeypatch)
+    reads = []
+    for steps in (6, 18):
+        counts["n"] = 0
+        _run(tmp_path, f"r{steps}", epochs=1, batch_size=16, max_steps=steps, log_every=1000, amp=amp)
+        reads.append(counts["n"])
+    assert reads[0] == reads[1] > 0, reads
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):

@@ -79,3 +79,64 @@ def test_weight_decay_skips_norm_and_bias_parameters():
 def test_too_small_training_split_is_an_error():
     with pytest.raises(ValueError, match="--batch-size"):
         make_plan(TrainConfig(), micro_batches_per_epoch=0)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+
+
+def _reference_sgd(model, cfg):
+    groups = param_groups(model, cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=False)
+
+
+def _grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_sgd_matches_the_textbook_update(nesterov):
+    cfg = TrainConfig(nesterov=nesterov)
+    ours, ref = _net(), _net()
+    opt = build_optimizer(ours, cfg, torch.device("cpu"))
+    assert opt.defaults["fused"]  # CPU has fused SGD (torch >= 2.4)
+    ref_opt = _reference_sgd(ref, cfg)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    for _ in range(4):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            _grads(model, x, y)
+            o.step()
+    # 1e-6 relative: one fused kernel vs per-tensor loops may contract multiply-adds differently (FMA), a last-bit
+    # difference per step; a wrong formula (decay on BN, missing momentum) differs by >= 1e-3.
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_a_first_step_skipped_by_the_loss_scaler_leaves_clean_momentum():
+    # Fused SGD allocates momentum buffers uninitialized and fills them in its kernel; when the fp16 loss scaler skips
+    # the very first step (inf gradients: common at the initial scale), they would stay garbage. build_optimizer
+    # zero-fills them: the skipped step changes nothing and the next one equals a fresh optimizer's first step.
+    cfg = TrainConfig()
+    ours, ref = _net(), _net()
+    opt = build_optimizer(ours, cfg, torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    before = [p.detach().clone() for p in ours.parameters()]
+    scaler.scale(nn.functional.cross_entropy(ours(x), y)).backward()
+    next(ours.parameters()).grad[0].fill_(float("inf"))
+    scaler.step(opt)  # skipped: inf found while unscaling
+    scaler.update()
+    for p, b in zip(ours.parameters(), before, strict=True):
+        assert torch.equal(p, b)
+        assert torch.count_nonzero(opt.state[p]["momentum_buffer"]) == 0
+    ref_opt = _reference_sgd(ref, cfg)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(nn.functional.cross_entropy(ours(x), y)).backward()
+    _grads(ref, x, y)
+    scaler.step(opt)
+    ref_opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        # 1e-6 relative: the scaled gradient is unscaled by a power of two (exact); FMA contraction as above.
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)

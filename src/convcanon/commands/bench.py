@@ -10,6 +10,7 @@ _EPILOG = """examples:
   convcanon bench --model resnet50 --batch-size 32 --baseline          ResNet-50 at 224 vs torchvision's naive loop
   convcanon bench --model resnet20 --batch-size 128 --baseline         ResNet-20 at 32x32 (naive: same model)
   convcanon bench --model resnet20 --batch-size 64 --data digits       end-to-end data path vs synthetic, same shape
+  convcanon bench --model resnet50 --batch-size 256 --data folder:~/data/imagenet --workers 8    + decode throughput
   convcanon bench --model resnet50 --batch-size 256 --amp bf16 --baseline --json     on a GPU, as JSON
   convcanon bench --model resnet152 --batch-size 16 --activation-checkpointing     memory saved, speed paid
   convcanon bench --model resnet50 --no-channels-last --no-compile     switch the fast path's pieces off one by one
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a model switch, repeatable (e.g. residual=false)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                   help="autocast precision (default: auto = bf16 on GPUs that support it, off on CPU)")
+                   help="autocast precision (default: auto = bf16 where the GPU or CPU has native bf16, else off)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: auto, see the engine lines printed)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -48,7 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="recompute ResNet blocks in backward; also times and measures the model without it")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (turns cuDNN autotuning off)")
     p.add_argument("--baseline", action="store_true", help="also time the naive reference, alternating with ours")
-    p.add_argument("--data", metavar="SPEC", help="also time ours fed by this data set's batches (e.g. digits)")
+    p.add_argument("--data", metavar="SPEC", help="also time ours fed by this data set's batches (e.g. digits); "
+                   "folder data also reports decode throughput per worker and of the loader")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader worker processes for folder data, as in train (default: %(default)s)")
+    p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where folder data's JPEGs are decoded: gpu = nvJPEG on the CUDA device, auto = gpu only on "
+                   "CUDA and only when a timed sample says it is faster (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--windows", type=int, default=5, help="timed windows per subject (default: %(default)s)")
@@ -72,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes, model_options=parse_model_options(args.model_option), amp=args.amp,
         channels_last=args.channels_last, compile=args.compile,
         activation_checkpointing=args.activation_checkpointing, deterministic=args.deterministic,
-        device=args.device, threads=args.threads, baseline=args.baseline, data=args.data, windows=args.windows,
+        device=args.device, threads=args.threads, baseline=args.baseline, data=args.data, workers=args.workers,
+        decode=args.decode, windows=args.windows,
         steps=args.steps, window_seconds=args.window_seconds, warmup=args.warmup, inference=args.inference,
         memory=args.memory, peak=args.peak,
     )  # fmt: skip

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="input side for file data (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"),
+                   help="autocast precision (default: the run's setting, resolved on this device as in training)")
     p.add_argument("--plot", metavar="FILE.png", help="confusion matrix PNG (default: next to the checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(
         Path(args.checkpoint), data=args.data, image_size=args.image_size, batch_size=args.batch_size,
-        device=args.device, plot=Path(args.plot) if args.plot else None,
+        device=args.device, plot=Path(args.plot) if args.plot else None, amp=args.amp,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     top5 = f"  top-5 {result['top5']:.2f}%" if "top5" in result else ""
     print(f"{result['model']} on {result['data']}: top-1 {result['top1']:.2f}%{top5}  loss {result['loss']:.4f}  "
-          f"({result['samples']} images)")
+          f"({result['samples']} images, amp {result['amp']})")
     print(format_table(result["per_class"], [("class", "class"), ("samples", "samples"), ("accuracy", "accuracy %")]))
     print(f"confusion matrix: {result['plot']}")
     return 0

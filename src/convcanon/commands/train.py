@@ -10,6 +10,7 @@ _EPILOG = """examples:
   convcanon train --model resnet20 --model-option activation=tanh --epochs 30
   convcanon train --data cifar10:~/data/cifar-10-batches-py --config experiments/resnet_cifar.yaml
   convcanon train --data folder:~/data/imagenet --model resnet50 --batch-size 64 --accum-steps 4 --amp bf16
+  convcanon train --data folder:~/data/imagenet --model resnet50 --batch-size 256 --workers 8 --decode gpu
   convcanon train --resume runs/plain               continue a run from its newest valid checkpoint
   torchrun --nproc-per-node 4 -m convcanon train --model resnet50 --data folder:/data/imagenet
 
@@ -39,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     cfg, given = config_from_args(args)
     if args.resume:
         cfg = resume_config(args.resume, cfg.__dict__, given)
+    if cfg.decode == "gpu":
+        from ..data.spec import check_decode
+
+        check_decode(cfg.decode)  # no CUDA, or a torchvision without batched GPU decoding: say so before any work
     try:
         train(cfg, resume=args.resume)
     except NonFiniteLossError as err:

@@ -8,6 +8,12 @@ The order follows ``base`` exactly (one permutation per epoch, a rank's slice of
 whole batches without decoding them). Each sample's random crop and flip run under a CPU generator seeded by
 ``derive_seed(seed, epoch, sample index)`` inside ``torch.random.fork_rng``, so the pixels do not depend on the number
 of workers, the number of ranks or the resume point, and the caller's RNG streams are left as they were.
+
+Decoding (``decode``): "cpu" is the path above; "gpu" has the workers read JPEG files as bytes and decodes whole batches
+on the GPU with nvJPEG (``gpu_decode``: same samples, same crops, pixels within a few grey levels); "auto" (the default)
+uses the GPU only on a CUDA device and only when it is faster: the first batches requested for a CUDA device time a
+sample of 64 files both ways (``throughput.choose_decode``) and print the choice with both figures. On a CPU device
+"auto" is "cpu", and "gpu" is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,6 +43,10 @@ from .base import (
 from .images import load_rgb
 from .memory import check_num_classes
 from .scan import MAX_BAD_FRACTION, ScanReport, scan_folder
+from .spec import check_decode
+
+if TYPE_CHECKING:
+    from .throughput import DecodeChoice
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +69,9 @@ class ImageFiles(Dataset):
     def __init__(self, files: Sequence[tuple[str, int]], size: int):
         self.paths = [p for p, _ in files]
         self.labels = [label for _, label in files]
+        self.size = size
         self.train_tf, self.eval_tf = train_transform(size), eval_transform(size)
+        self.gpu_refused: set[int] = set()  # files the GPU decoder refused: the workers decode them on the CPU
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -76,31 +89,37 @@ class ImageFiles(Dataset):
 
 
 class _Batches:
-    """The batch sampler: lists of ``(index, seed)`` keys, computed lazily."""
+    """The batch sampler: lists of ``(index, seed)`` keys, computed lazily. With ``refused`` (the GPU path), keys are
+    ``(index, seed, cpu_only)``: files the GPU decoder refused go to the workers' CPU path."""
 
-    def __init__(self, batches: Sequence[Sequence[int]], seed_of: tuple[int, int] | None):
-        self.batches, self.seed_of = batches, seed_of
+    def __init__(self, batches: Sequence[Sequence[int]], seed_of: tuple[int, int] | None,
+                 refused: set[int] | None = None):
+        self.batches, self.seed_of, self.refused = batches, seed_of, refused
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+    def __iter__(self) -> Iterator[list[tuple]]:
         for batch in self.batches:
-            if self.seed_of is None:
-                yield [(i, None) for i in batch]
+            seeds = [None] * len(batch) if self.seed_of is None else [derive_seed(*self.seed_of, i) for i in batch]
+            if self.refused is None:
+                yield list(zip(batch, seeds, strict=True))
             else:
-                yield [(i, derive_seed(*self.seed_of, i)) for i in batch]
+                yield [(i, s, i in self.refused) for i, s in zip(batch, seeds, strict=True)]
 
 
 class FolderSource:
     """An ImageFolder tree checked by ``scan_folder``; see the module docstring for order and randomness."""
 
     def __init__(self, report: ScanReport, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 2,
-                 skipped: int = 0, num_classes: int | None = None):
+                 skipped: int = 0, num_classes: int | None = None, decode: str = "auto"):
+        check_decode(decode)
         n_classes = check_num_classes(num_classes, len(report.classes), f"the folder {report.root}")
         root = Path(report.root).absolute()  # the spec must reopen the data from any working directory
         self.report = report
         self.workers = workers
+        self.decode = decode
+        self._choices: dict[torch.device, DecodeChoice] = {}
         self._train = ImageFiles(report.train, image_size)
         self._test = ImageFiles(report.val, image_size)
         self.info = DataInfo(
@@ -122,7 +141,7 @@ class FolderSource:
         check_start(start, steps)
         perm = epoch_permutation(self.info.train_size, seed=seed, epoch=epoch)
         batches = [rank_slice(perm, step, batch_size, rank, world_size).tolist() for step in range(start, steps)]
-        return self._load(self._train, _Batches(batches, (seed, epoch)), device)
+        return self._load(self._train, batches, (seed, epoch), device)
 
     def test_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
                      device: torch.device | str = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
@@ -130,11 +149,39 @@ class FolderSource:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         share = shard_range(self.info.test_size, rank, world_size)
         batches = [list(range(i, min(i + batch_size, share.stop))) for i in range(share.start, share.stop, batch_size)]
-        return self._load(self._test, _Batches(batches, None), device)
+        return self._load(self._test, batches, None, device)
 
-    def _load(self, files: ImageFiles, batches: _Batches,
-              device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
+    def sample_batches(self, indices: Sequence[int], batch_size: int, *, seed: int, device: torch.device | str,
+                       decode: str) -> Iterator[tuple[Tensor, Tensor]]:
+        """Training batches of the files ``indices`` (epoch 0's crops), decoded by ``decode`` ("cpu" or "gpu"): the
+        loader of ``train_batches`` over a sample, for throughput measurements. An incomplete last batch is dropped."""
+        batches = [list(indices[i:i + batch_size]) for i in range(0, len(indices) - batch_size + 1, batch_size)]
+        return self._load(self._train, batches, (seed, 0), device, decode=decode)
+
+    def decode_choice(self, device: torch.device | str) -> DecodeChoice:
+        """How batches for ``device`` are decoded: resolved once per device (on CUDA with "auto", by timing a sample
+        both ways) and printed when the device is CUDA."""
         device = as_device(device)
+        if device not in self._choices:
+            from .throughput import choose_decode
+
+            choice = self._choices[device] = choose_decode(self, device)
+            if device.type == "cuda":
+                print(f"{_rank_prefix()}decode: {choice.describe()}", file=sys.stderr, flush=True)
+        return self._choices[device]
+
+    def _load(self, files: ImageFiles, batches: list[list[int]], seed_of: tuple[int, int] | None,
+              device: torch.device | str, decode: str | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        # Not a generator itself: the decode choice (and its errors) happen when the batches are asked for.
+        device = as_device(device)
+        if (decode or self.decode_choice(device).mode) == "gpu":
+            if device.type != "cuda":
+                raise ValueError(f"decode 'gpu' needs a CUDA device; these batches are for {device}")
+            return self._gpu_batches(files, _Batches(batches, seed_of, files.gpu_refused), device)
+        return self._cpu_batches(files, _Batches(batches, seed_of), device)
+
+    def _cpu_batches(self, files: ImageFiles, batches: _Batches,
+                     device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         # A private generator: the DataLoader draws its workers' base seed from it instead of from the global RNG
         # (the pixels never depend on it, each sample is seeded on its own).
         loader = DataLoader(files, batch_sampler=batches, num_workers=self.workers, pin_memory=device.type == "cuda",
@@ -142,18 +189,39 @@ class FolderSource:
         for x, y in loader:
             yield self._normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
+    def _gpu_batches(self, files: ImageFiles, batches: _Batches,
+                     device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        from .gpu_decode import EncodedFiles, GpuBatches, collate_encoded
+
+        # Workers send file bytes (small), not pixels: no pinning; the decoder copies them to the GPU itself.
+        loader = DataLoader(EncodedFiles(files), batch_sampler=batches, num_workers=self.workers,
+                            collate_fn=collate_encoded, generator=torch.Generator().manual_seed(0))
+        to_pixels = GpuBatches(files, files.size)
+        for batch in loader:
+            yield self._normalize(to_pixels(batch, device)), batch.labels.to(device, non_blocking=True)
+
+
+def _rank_prefix() -> str:
+    # Every rank times its own GPU, so with data parallelism each says what it chose.
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return f"rank {dist.get_rank()}: "
+    return ""
+
 
 def make_folder(path: str | Path, *, image_size: int | None = None, num_classes: int | None = None,
-                skip_bad: bool = False, workers: int = 2, progress: bool = True) -> FolderSource:
-    """Scan the tree (every file decoded), stop on bad files unless ``skip_bad``, and open it for training."""
+                skip_bad: bool = False, workers: int = 2, progress: bool = True, decode: str = "auto") -> FolderSource:
+    """Scan the tree (every file decoded), stop on bad files unless ``skip_bad``, and open it for training;
+    ``decode``: "auto" | "cpu" | "gpu" (see the module docstring)."""
+    check_decode(decode)  # before the scan: a bad setting is an error before work starts
     report = scan_folder(path, progress=progress, workers=workers)
     return folder_from_report(report, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
-                              workers=workers)
+                              workers=workers, decode=decode)
 
 
 def folder_from_report(report: ScanReport, *, image_size: int | None = None, num_classes: int | None = None,
-                       skip_bad: bool = False, workers: int = 2,
-                       max_bad_fraction: float = MAX_BAD_FRACTION) -> FolderSource:
+                       skip_bad: bool = False, workers: int = 2, max_bad_fraction: float = MAX_BAD_FRACTION,
+                       decode: str = "auto") -> FolderSource:
     """Open a scanned tree: stop on bad files unless ``skip_bad`` (and at most 1% bad), else say how many are left
     out. Data-parallel runs scan once on rank 0 and send the report to the other ranks (it pickles small), so that
     every rank reads the same file list without decoding the whole tree again."""
@@ -162,4 +230,4 @@ def folder_from_report(report: ScanReport, *, image_size: int | None = None, num
         print(f"skipping {len(report.bad)} bad files of {report.files} ({report.bad_fraction:.2%}) in {report.root}; "
               f"`convcanon scan {report.root}` lists them", file=sys.stderr)
     return FolderSource(report, image_size=image_size or DEFAULT_IMAGE_SIZE, workers=workers,
-                        skipped=len(report.bad), num_classes=num_classes)
+                        skipped=len(report.bad), num_classes=num_classes, decode=decode)

@@ -17,17 +17,36 @@ SPEC_FORMS = """accepted data specs:
   folder:PATH, or PATH     an ImageFolder tree: PATH/train/CLASS/IMAGE and PATH/val/CLASS/IMAGE"""
 
 _NAMED = ("digits", "synthetic", "cifar10", "cifar100", "folder")
+DECODE_CHOICES = ("auto", "cpu", "gpu")
+
+
+def check_decode(decode: str) -> None:
+    """A ``decode`` setting of folder data: a known name, and "gpu" only where the GPU decoder can run."""
+    if decode not in DECODE_CHOICES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_CHOICES)}; got {decode!r}")
+    if decode == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():  # checked before importing torchvision (seconds)
+            raise ValueError("--decode gpu: no CUDA device is visible here; use --decode auto or cpu")
+        from .gpu_decode import gpu_decode_unavailable
+
+        why = gpu_decode_unavailable()
+        if why:
+            raise ValueError(f"--decode gpu: {why}; use --decode auto or cpu")
 
 
 def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
-              synthetic_size: int = 1024, workers: int = 2, progress: bool = True) -> DataSource:
+              synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto") -> DataSource:
     """Open the data set named by ``spec`` (see ``SPEC_FORMS``).
 
     ``image_size`` resizes in-memory data once (digits, CIFAR) or sets the crop side of folder data (default 224);
     ``num_classes``, when given, must match the data; ``skip_bad`` leaves bad files of folder data out (at most 1%);
     ``synthetic_size`` is the synthetic training-set size (test: a quarter); ``workers`` are DataLoader and scan
-    processes for folder data; ``progress`` shows the scan's progress bar. A plain existing folder holding CIFAR
-    python-format files is read as CIFAR; a named spec wins over a folder of the same name (write ``./digits``).
+    processes for folder data; ``progress`` shows the scan's progress bar; ``decode`` ("auto" | "cpu" | "gpu") is
+    where folder data's JPEGs are decoded (``folder`` module docstring; "gpu" is an error for other data and without
+    CUDA). A plain existing folder holding CIFAR python-format files is read as CIFAR; a named spec wins over a folder
+    of the same name (write ``./digits``).
     """
     if image_size is not None and image_size < 1:
         raise ValueError(f"image size must be at least 1, got {image_size}")
@@ -35,6 +54,17 @@ def open_data(spec: str, *, image_size: int | None = None, num_classes: int | No
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
+    check_decode(decode)
+    source = _open(spec, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
+                   synthetic_size=synthetic_size, workers=workers, progress=progress, decode=decode)
+    if decode == "gpu" and source.info.name != "folder":
+        raise ValueError(f"--decode gpu decodes the JPEG files of folder data; --data {spec} is {source.info.name} "
+                         "data, already decoded: drop --decode or use --decode auto")
+    return source
+
+
+def _open(spec: str, *, image_size: int | None, num_classes: int | None, skip_bad: bool, synthetic_size: int,
+          workers: int, progress: bool, decode: str) -> DataSource:
     kind, has_arg, arg = spec.partition(":")
     if kind in _NAMED and has_arg and not arg:
         raise ValueError(f"data spec {spec!r} ends with ':' but names nothing after it\n{SPEC_FORMS}")
@@ -52,14 +82,14 @@ def open_data(spec: str, *, image_size: int | None = None, num_classes: int | No
         if not has_arg:
             raise ValueError(f"data spec 'folder' needs the folder: folder:PATH\n{SPEC_FORMS}")
         return _folder(arg, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad, workers=workers,
-                       progress=progress)
+                       progress=progress, decode=decode)
     path = Path(spec).expanduser()
     if path.is_dir():
         for name in LAYOUTS:
             if _is_cifar(name, path):
                 return make_cifar(name, path, image_size=image_size, num_classes=num_classes)
         return _folder(path, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad, workers=workers,
-                       progress=progress)
+                       progress=progress, decode=decode)
     if path.exists():
         raise ValueError(f"data spec {spec!r} is a file, not a folder\n{SPEC_FORMS}")
     if any(sep in spec for sep in "/\\") or spec.startswith((".", "~")):

@@ -454,7 +454,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
     data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
-                     progress=cfg.progress and ctx.is_main)
+                     progress=cfg.progress and ctx.is_main, decode=cfg.decode)
     info = data.info
     model = loop._build_model(cfg, info.num_classes, info.in_chans, info.image_size)  # same seed, same weights
     engine = engine_for(cfg, device, model=model)  # the same precision and memory format as one process

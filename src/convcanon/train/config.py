@@ -23,6 +23,7 @@ Amp = Literal["auto", "off", "bf16", "fp16"]
 Schedule = Literal["cosine", "step", "constant"]
 PipelineSchedule = Literal["gpipe", "1f1b"]
 PipelineBalance = Literal["flops", "time"]
+Decode = Literal["auto", "cpu", "gpu"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TrainConfig:
     image_size: int | None = None  # input side for file data (default 224) or a resize of in-memory data
     skip_bad: bool = False  # leave undecodable files out (still fails above 1% bad)
     workers: int = 2  # DataLoader worker processes for file data
+    decode: Decode = "auto"  # folder JPEGs: gpu = nvJPEG on CUDA; auto = gpu only where a timed sample is faster
 
     # optimization; lr is the base LR at base_batch and is scaled linearly to the global batch (Goyal et al. 2017)
     epochs: int = 30
@@ -56,7 +58,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
 
     # engineering
-    amp: Amp = "auto"  # auto = bf16 on GPUs that support it, off on CPU
+    amp: Amp = "auto"  # auto = bf16 where the GPU or CPU has native bf16 (train/engine.py), else off
     channels_last: bool | None = None  # None = auto: NHWC except for models with LRN (train/engine.py)
     compile: bool | None = None  # None = auto: on GPU (Triton), off on CPU (train/engine.py)
     activation_checkpointing: bool = False  # recompute ResNet blocks in backward: less memory, ~1/3 more compute
@@ -84,9 +86,10 @@ class TrainConfig:
 
 
 # Keys a resumed run may change; everything else must match the run it continues.
-RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "progress", "keep_checkpoints", "log_every", "max_steps",
-                                # engineering only; and batch_size / accum_steps so that a run can resume on another
-                                # number of processes with the same global batch (the loop checks that it is the same)
+# Engineering only; and batch_size / accum_steps so that a run can resume on another number of processes with the
+# same global batch (the loop checks that it is the same).
+RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "decode", "progress", "keep_checkpoints", "log_every",
+                                "max_steps",
                                 "dist_backend", "dist_timeout", "batch_size", "accum_steps"})
 
 
@@ -172,6 +175,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     for key in ("checkpoint_every", "max_steps", "workers"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{where}: {key} must be >= 0; got {getattr(cfg, key)}")
+    if cfg.decode == "gpu" and cfg.device == "cpu":
+        raise ValueError(f"{where}: decode gpu decodes JPEGs on a CUDA device, and device is cpu: use decode auto or "
+                         "cpu")
     _validate_scaling(cfg, where)
 
 
@@ -226,6 +232,13 @@ def dump_yaml(cfg: TrainConfig) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line: one flag per field, generated from the dataclass so the two can never disagree.
 
+# Flags whose choices need more than their names (the rest say their default only).
+_FLAG_HELP = {
+    "decode": "where folder data's JPEGs are decoded: cpu = PIL in the DataLoader workers, gpu = nvJPEG on the CUDA "
+              "device in batches, auto = gpu only on CUDA and only when timing 64 files says it is faster",
+}
+
+
 def _parse_scalar(text: str) -> Any:
     """KEY=VALUE values: YAML scalars (true, 3, 0.5, relu)."""
     value = yaml.safe_load(text)
@@ -257,6 +270,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         annotation = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         helptext = f"(default: {default})"
+        if f.name in _FLAG_HELP:
+            helptext = f"{_FLAG_HELP[f.name]} {helptext}"
         args = typing.get_args(annotation)
         if annotation is bool or set(args) == {bool, type(None)}:  # bool | None: not given = the default (auto)
             if default is None:

@@ -39,13 +39,17 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
 
 
 def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int | None = None,
-                        batch_size: int = 256, device: str = "auto", plot: Path | None = None) -> dict[str, Any]:
+                        batch_size: int = 256, device: str = "auto", plot: Path | None = None,
+                        amp: str | None = None) -> dict[str, Any]:
+    """``amp`` None: the run's own setting (``auto`` resolves on this device as training did), so that on the machine
+    that trained, the figures are the ones training logged."""
     from ..data import open_data
+    from .engine import resolve_engine
 
     weights, cfg, out_dir = _load(path)
     spec = data or cfg["data"]
     source = open_data(spec, image_size=image_size or cfg.get("image_size"), workers=cfg.get("workers", 2),
-                       progress=False)
+                       decode=cfg.get("decode", "auto"), progress=False)
     info = source.info
     options = dict(cfg.get("model_options") or {})
     if "in_chans" in model_options(cfg["model"]):
@@ -57,8 +61,11 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int 
         raise ValueError(f"--checkpoint {path}: weights do not fit {cfg['model']} with {info.num_classes} classes "
                          f"on {spec}: {str(err).splitlines()[0]}") from None
     ctx = distributed.DistContext(0, 1, 0, distributed.resolve_device(device), None)
-    model.to(ctx.device)
-    result = evaluate(model, source, ctx, batch_size=batch_size, confusion=True)
+    engine = resolve_engine(device=ctx.device, model=model, amp=amp or cfg.get("amp", "auto"),
+                            channels_last=cfg.get("channels_last"), compile=False)
+    model = engine.prepare_model(model)
+    result = evaluate(model, source, ctx, batch_size=batch_size, confusion=True, autocast=engine.autocast,
+                      channels_last=engine.channels_last)
     matrix = result.pop("confusion")
     totals = matrix.sum(dim=1)
     per_class = [
@@ -68,7 +75,7 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int 
     ]  # fmt: skip
     plot = plot or out_dir / "confusion.png"
     plot_confusion(matrix, info.classes, plot, title=f"{cfg['model']} on {info.name}: top-1 {result['top1']:.2f}%")
-    return {"model": cfg["model"], "data": spec, **result, "per_class": per_class,
+    return {"model": cfg["model"], "data": spec, "amp": engine.amp, **result, "per_class": per_class,
             "confusion": matrix.tolist(), "plot": str(plot)}
 
 

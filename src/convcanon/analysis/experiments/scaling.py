@@ -80,7 +80,10 @@ def units(s: dict[str, Any]) -> list[Unit]:
         Unit("ddp/vs-accumulation", f"{__name__}:ddp_pair", {**d, "sync_bn": False, "seed": seed}, 16),
         Unit("ddp/sync-bn-vs-big-batch", f"{__name__}:ddp_pair", {**d, "sync_bn": True, "seed": seed}, 16),
     ]
-    base = {"data": "digits", "seed": seed, "device": dev, "lr": 0.1, "base_batch": 256, "warmup_epochs": 0.0}
+    # fp32 unless a unit asks for bf16: equivalence to rounding is a claim about fp32 arithmetic, and the report's
+    # figures must not depend on whether the CPU that runs it has native bf16 (where auto would pick it).
+    base = {"data": "digits", "seed": seed, "device": dev, "lr": 0.1, "base_batch": 256, "warmup_epochs": 0.0,
+            "amp": "off"}
     const = {**base, "schedule": "constant"}
     alex = {**const, "model": "alexnet_cifar", "model_options": {"dropout": 0.0}, "image_size": 16, "epochs": 1,
             "max_steps": n}
@@ -214,13 +217,15 @@ def ddp_pair(model: str, batch_size: int, steps: int, lr: float, timeout_s: int,
     import torch
 
     common = {"model": model, "data": "digits", "lr": lr, "base_batch": 256, "warmup_epochs": 0.0, "epochs": 1,
-              "max_steps": steps, "seed": seed, "deterministic": True, "device": "cpu", "schedule": "constant"}
+              "max_steps": steps, "seed": seed, "deterministic": True, "device": "cpu", "schedule": "constant",
+              "amp": "off"}
     with tempfile.TemporaryDirectory(prefix="convcanon-ddp-") as tmp:
         ddp_dir, single_dir = Path(tmp) / "ddp", Path(tmp) / "single"
         flags = ["--model", model, "--data", "digits", "--batch-size", str(batch_size), "--lr", str(lr),
                  "--base-batch", "256", "--warmup-epochs", "0", "--schedule", "constant", "--epochs", "1",
                  "--max-steps", str(steps),
-                 "--seed", str(seed), "--deterministic", "--device", "cpu", "--no-progress", "--log-every", "1"]
+                 "--seed", str(seed), "--deterministic", "--device", "cpu", "--amp", "off", "--no-progress",
+                 "--log-every", "1"]
         flags += ["--sync-bn"] if sync_bn else []
         tracking = ["--checkpoint-every", "1", "--keep-checkpoints", str(steps + 1), "--out", str(ddp_dir)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
