@@ -9,22 +9,23 @@ training takes. Every choice is overridable: ``--amp``, ``--channels-last/--no-c
 The automatic rules (issue 5; the measurements behind them are in BENCHMARKS.md):
 
 - amp: bf16 autocast where the hardware computes in bf16 natively: GPUs of compute capability >= 8.0 (Ampere and
-  newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. On an AMD EPYC with AVX512-BF16 it made the training step
-  1.7x (ResNet-20, 32x32) to 1.9x (ResNet-50, 224) faster than fp32, and the main job reached the same accuracy
-  (BENCHMARKS.md). Weights, optimizer state and the loss stay fp32; only the convolutions and matrix products round to
-  bf16's 8-bit mantissa, which is why a run's numbers depend on the hardware it runs on, as they do across GPU
-  generations: ``--amp off`` pins fp32 where they must not (exactness tests, comparisons across machines, the evidence
-  report's equivalence runs). fp16 (with loss scaling) only when asked for, on CUDA.
+  newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. On 2 cores of an AMD EPYC with AVX512-BF16 it made the
+  training step 1.6x (ResNet-20, 32x32) and 2.1x (ResNet-50, 224) faster than the fp32 fast path, and the main job
+  reached the same accuracy (BENCHMARKS.md). Weights, optimizer state and the loss stay fp32; only the convolutions
+  and matrix products round to bf16's 8-bit mantissa, which is why a run's numbers depend on the hardware it runs on,
+  as they do across GPU generations: ``--amp off`` pins fp32 where they must not (exactness tests, comparisons across
+  machines, the evidence report's equivalence runs). fp16 (with loss scaling) only when asked for, on CUDA.
 - channels-last (NHWC): on, on every device, except for models with local response normalization (the paper
   AlexNet). cuDNN's tensor-core convolutions are NHWC kernels, and oneDNN's CPU convolutions avoid a reorder per call
   in NHWC: measured 1.1-1.8x on CPU from 8x8 digits to 224x224 (ResNet-20, ResNet-50, GoogLeNet, VGG-16-BN, AlexNet
   OWT), while ``F.local_response_norm`` has no NHWC path (it averages through a 3-D pool of a reshaped copy):
   the paper AlexNet was 0.9x.
 - compile: on CUDA with Triton (compute capability >= 7.0): fusing batch norm, activation and the residual addition
-  removes most of the memory traffic between convolutions. Off on CPU: inductor's CPU code was 1.1-1.3x faster on
-  ResNet-20 after about two minutes of compiling, a poor trade for the short runs CPUs are used for (``--compile`` for
-  long ones). Off by default with activation checkpointing (the checkpointed recomputation stays eager). When
-  compiling fails, the run says why and continues eagerly (``CompiledWithFallback``).
+  removes most of the memory traffic between convolutions. Off on CPU, where it does not pay: with bf16 the compiled
+  ResNet-20 step ran at 0.94x eager (oneDNN's bf16 convolutions are the time, and inductor calls the same ones); in
+  fp32 it was 1.1-1.3x after about two minutes of compiling, a poor trade for the short runs CPUs are used for
+  (``--compile`` for long ones). Off by default with activation checkpointing (the checkpointed recomputation stays
+  eager). When compiling fails, the run says why and continues eagerly (``CompiledWithFallback``).
 - cudnn.benchmark (autotuning): on CUDA unless ``deterministic``.
 - optimizer: fused SGD/AdamW (the whole update of a parameter group in one kernel) where torch has the kernel for the
   device (CUDA; CPU from torch 2.4), else multi-tensor ("foreach"); ``optim.build_optimizer`` applies it.
@@ -229,7 +230,7 @@ def resolve_engine(
     elif gpu:
         resolved_compile, reasons["compile"] = False, f"auto: Triton needs capability >= 7.0, {what} has {_cap(facts)}"
     else:
-        resolved_compile, reasons["compile"] = False, "auto: off on CPU (~1.2x after minutes of compiling)"
+        resolved_compile, reasons["compile"] = False, "auto: off on CPU (bf16: 0.94x; fp32: ~1.2x after minutes)"
 
     benchmark = gpu and not deterministic
     reasons["cudnn_benchmark"] = ("off: deterministic" if deterministic else "auto: fixed input shapes") if gpu else ""
