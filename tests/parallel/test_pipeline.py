@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -239,3 +240,24 @@ def test_time_balanced_split_is_the_same_on_every_rank(launcher, tmp_path):
     meta = json.loads((out / "run.json").read_text())["pipeline"]
     assert sum(meta["split"]) == len(meta["layers"]) == 8 and meta["cost_unit"] == "ms"
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_pipeline_run_stops_on_a_non_finite_loss_before_saving_it(launcher, tmp_path):
+    # A far too high LR (5 x 16/256 for AlexNet without batch norm) drives the loss to inf/NaN at step 4 (measured;
+    # deterministic on CPU). The check waits on the device until the next log line or checkpoint (every 3 steps here):
+    # the run stops at step 6 naming step 4, and the newest checkpoint, step 3, is from before it, with finite weights.
+    out = tmp_path / "pipe"
+    args = ["train", "--model", "alexnet_cifar", "--model-option", "dropout=0.0", "--data", "synthetic",
+            "--batch-size", "16", "--max-steps", "40", "--lr", "5", *COMMON[:-2], "--log-every", "100",
+            "--checkpoint-every", "3", "--pipeline-stages", "2", "--microbatches", "2", "--out", str(out)]
+    launch = launcher.run(args, nproc=2, check=False)
+    assert launch.wait(5) != 0, launch.output[-3000:]  # torchrun reports a failed worker (exit 3) as its own failure
+    match = re.search(r"loss became inf or NaN at step (\d+) \(found at step (\d+)\)", launch.output)
+    assert match, launch.output[-3000:]
+    first, found = int(match[1]), int(match[2])
+    assert 3 < first <= found and found % 3 == 0, (first, found)
+    assert not (out / "model.safetensors").exists()
+    state, _ = ckpt.load_latest(out)
+    assert state["step"] < first
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

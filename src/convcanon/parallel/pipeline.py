@@ -547,6 +547,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
         }, keep_last=cfg.keep_checkpoints, best=best)  # fmt: skip
 
     nb = plan.micro_batches_per_epoch  # here: batches (optimizer steps) per epoch
+    watch = loop.NonFiniteWatch(device)
     final: dict[str, Any] = {}
     stop = False
     loss_window = torch.zeros((), device=device)
@@ -563,10 +564,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
                 group["lr"] = lr
             losses = run_step(schedule, rank, stages, x if first else None, y if last else None)
             step_loss = torch.stack(losses).mean().detach() if last else torch.zeros((), device=device)
-            bad = ctx.all_reduce_max((~torch.isfinite(step_loss)).float())
-            if bad.item():
-                log.close()
-                raise loop.NonFiniteLossError(f"loss is not finite at step {step + 1}; stopped before the update")
+            watch.see(step_loss, step)  # read back at log lines and checkpoints only, as in the one-device loop
             if cfg.grad_clip:
                 _clip_global_norm(list(stage_module.parameters()), cfg.grad_clip, device, stages)
             optimizer.step()
@@ -577,6 +575,14 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
 
             end_of_epoch = b == nb - 1
             reached_max = bool(cfg.max_steps) and step >= cfg.max_steps
+            checkpoint_now = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+            if step % cfg.log_every == 0 or end_of_epoch or reached_max or checkpoint_now:
+                first_bad = watch.first_bad_step(ctx)  # a collective: every stage reaches it at the same steps
+                if first_bad is not None:
+                    log.close()
+                    raise loop.NonFiniteLossError(
+                        f"loss became inf or NaN at step {first_bad + 1} (found at step {step}); stopped before "
+                        f"saving anything after it. The last good checkpoint in {run_dir / 'checkpoints'} is intact.")
             if step % cfg.log_every == 0 or end_of_epoch or reached_max:
                 dist.broadcast(loss_window, src=stages - 1)  # the loss lives on the last stage
                 now = time.perf_counter()
@@ -595,7 +601,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
                 log.log("eval", step, epoch=epoch + 1, **final)
                 say(loop._eval_line(epoch + 1, plan.epochs, step, final))
                 save(0, epoch + 1, {**final, "best_top1": best_top1}, best=is_best)
-            elif reached_max or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            elif reached_max or checkpoint_now:
                 save(b + 1, epoch, {"best_top1": best_top1})
             if reached_max:
                 stop = True
