@@ -381,7 +381,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
             if step % cfg.log_every == 0 or end_of_epoch or reached_max:
                 now = time.perf_counter()
                 train_seconds += now - window_t0
-                mean_loss = loss_window.item() / window_steps
+                # The mean over every rank's micro-batches, i.e. over the global batch (a collective: every rank logs
+                # at the same steps); rank 0's own loss alone would be a sample of one shard.
+                mean_loss = ctx.all_reduce_sum(loss_window).item() / (window_steps * ctx.world_size)
                 ips = window_images / max(now - window_t0, 1e-9)
                 log.log("train", step, epoch=epoch + (b + 1) / nb, loss=mean_loss, lr=lr, images_per_s=ips)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
