@@ -28,7 +28,7 @@ from .config import RESUME_OVERRIDABLE, TrainConfig, config_from_dict, dump_yaml
 from .evaluate import evaluate
 from .metrics import MetricsLog
 from .optim import Plan, build_optimizer, lr_at, make_plan
-from .reproducibility import capture_rng_state, restore_rng_state, seed_everything, set_deterministic
+from .reproducibility import capture_rng_state, derive_seed, restore_rng_state, seed_everything, set_deterministic
 from .task import ClassificationTask
 
 
@@ -293,15 +293,25 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
 
     if state is not None:
         # Last: building the model and data above consumed RNG; the checkpoint's state is what the next step expects.
-        restore_rng_state(state["rng"])
+        restore_rng_state(_rank_rng(state, ctx, cfg.seed))
+    elif ctx.distributed and ctx.rank > 0:
+        # Every rank seeded alike above, so the initial weights agree; from here each rank draws its own dropout masks
+        # (identical masks on every shard would be one mask for the global batch, repeated). Rank 0 keeps the
+        # single-process stream.
+        seed_everything(derive_seed(cfg.seed, _RANK_STREAM, ctx.rank))
 
     def save(batch_in_epoch: int, ep: int, metrics: dict[str, Any], best: bool = False) -> None:
+        rng = capture_rng_state()
+        rng_ranks: list[Any] | None = [rng]
+        if ctx.distributed:  # every rank's stream, so that a resume continues each one (a collective)
+            rng_ranks = [None] * ctx.world_size if ctx.is_main else None
+            torch.distributed.gather_object(rng, rng_ranks, dst=0)
         if not ctx.is_main:
             return
         ckpt.save_checkpoint(run_dir, {
             "format": "convcanon-checkpoint", "version": 1, "model": raw.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "step": step, "epoch": ep, "batch_in_epoch": batch_in_epoch, "rng": capture_rng_state(),
+            "step": step, "epoch": ep, "batch_in_epoch": batch_in_epoch, "rng": rng, "rng_ranks": rng_ranks,
             "world_size": ctx.world_size,
             "classes": list(info.classes), "config": to_dict(cfg), "metrics": metrics,
             "model_name": cfg.model, "num_classes": info.num_classes, "in_chans": info.in_chans,
@@ -429,6 +439,20 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
     log.close()
     distributed.teardown(ctx)
     return RunResult(run_dir, step, epoch, plan, final, best_top1, seconds)
+
+
+_RANK_STREAM = 0x52414E4B  # a constant part of the per-rank seed, apart from (seed, epoch, index) of the data
+
+
+def _rank_rng(state: dict[str, Any], ctx: Any, seed: int) -> dict[str, Any]:
+    """This rank's RNG state from a checkpoint: its own stream when the checkpoint has one for it (same world size, or
+    a rank that existed before); a new rank of a larger world starts a fresh stream of its own (rank 0's would repeat
+    rank 0's masks). Checkpoints from before per-rank streams hold only ``rng``."""
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    if ctx.rank < len(ranks):
+        return ranks[ctx.rank]
+    seed_everything(derive_seed(seed, _RANK_STREAM, ctx.rank, state["step"]))
+    return capture_rng_state()
 
 
 def _eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
