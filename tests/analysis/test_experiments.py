@@ -104,6 +104,9 @@ def test_report_writes_markdown_with_main_table_and_plots(tmp_path):
     assert "| experiment | claim | verdict |" in text
     assert "(degradation/degradation_curves.png)" in text and "(identity/identity.png)" in text
     assert text.index("Degradation") < text.index("Identity")  # report order, not --only order
+    # The estimator's cost of the canon (analytic) follows the experiments, labelled as an estimate.
+    assert text.index("Identity") < text.index("What the canon costs to train (estimated)") < text.index("Runtime")
+    assert "| resnet50 |" in text and "gtx580" in text and "within their tolerance" in text
     summary = json.loads((tmp_path / "report.json").read_text())
     assert {r["experiment"] for r in summary["verdicts"]} == {"degradation", "identity"}
     with pytest.raises(ValueError, match="unknown experiment"):

@@ -139,6 +139,49 @@ def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+def cost_section(number: int) -> str:
+    """What training each canon network on ImageNet costs on each GPU generation, from the estimator (analytic: no
+    training), with the published runs that check it. Estimates, and labelled so."""
+    from ..estimate.validation import CANON_MODELS, GENERATIONS, IMAGENET_EPOCHS, canon_cost_table, validation_table
+
+    cells = {(r["model"], r["device"]): r for r in canon_cost_table()}
+
+    def cell(model: str, device: str) -> str:
+        r = cells[(model, device)]
+        days = f"{r['days']:.1f} d" if r["days"] >= 1 else f"{r['hours']:.1f} h"
+        note = "" if r["fits"] else f" (x{r['accumulation_steps']} accum.)"
+        return f"{days} {r['precision']}{note}"
+
+    alex_then, alex_now = cells[("alexnet", "gtx580")]["days"], cells[("alexnet", "h100")]["hours"]
+    vgg_over_resnet = [cells[("vgg16", d)]["hours"] / cells[("resnet50", d)]["hours"] for d in GENERATIONS]
+    lo, hi = min(vgg_over_resnet), max(vgg_over_resnet)
+    table = md_table([(m, *(cell(m, d) for d in GENERATIONS)) for m in CANON_MODELS], ["model", *GENERATIONS],
+                     "l" + "r" * len(GENERATIONS))
+    checks = validation_table()
+    held = sum(bool(r["within"]) for r in checks)
+
+    def error(r: dict[str, Any]) -> str:  # scaling efficiencies are off by points, everything else relatively
+        return f"{r['error']:+.1f} points" if r["unit"] == "%" else f"{100 * r['error']:+.1f}%"
+
+    check_rows = [(r["claim"], "calibration" if str(r["role"]).startswith("calibrates") else "held out",
+                   f"{r['published']:.3g} {r['unit']}", f"{r['predicted']:.3g} {r['unit']}", error(r),
+                   "yes" if r["within"] else "no") for r in checks]
+    return "\n".join([
+        f"## {number}. What the canon costs to train (estimated)", "",
+        f"*Not measured:* the estimator's prediction (`convcanon estimate --canon`) for {IMAGENET_EPOCHS} ImageNet "
+        "epochs on one device of each generation, batch 128, in the generation's usual precision (fp32 before "
+        "Volta, fp16 on Volta, bf16 from Ampere); where the batch does not fit in memory, the accumulation steps it "
+        "needs. The model is compute + memory traffic + ring all-reduce with overlap, seven constants calibrated on "
+        f"named runs; the rest of the published runs are held out. AlexNet's {alex_then:.0f} days on one GTX 580 are "
+        f"{alex_now:.1f} hours on an H100, and VGG-16 costs {lo:.1f}-{hi:.1f}x ResNet-50 on every generation.", "",
+        table, "",
+        f"Checked against published runs (`convcanon estimate --validate`): {held} of {len(checks)} within their "
+        "tolerance.", "",
+        md_table(check_rows, ["published run", "role", "published", "predicted", "error", "within tolerance"],
+                 "llrrrc"),
+    ])
+
+
 def render(runs: Sequence[ExperimentRun], rows: Sequence[dict[str, Any]], *, mode: str, seed: int, seconds: float,
            cpu_seconds: float, expected: float, jobs: int, command: str | None) -> str:
     import torch
@@ -171,6 +214,7 @@ def render(runs: Sequence[ExperimentRun], rows: Sequence[dict[str, Any]], *, mod
         mod = experiment_module(run.name)
         lines += [f"## {i}. {mod.TITLE}", "", f"*Claim:* {mod.CLAIM}.", "",
                   mod.section(run.results, run.verdicts, run.plots), ""]
+    lines += [cost_section(len(runs) + 1), ""]
     lines += ["## Runtime", "",
               md_table([(r.name, r.computed, r.cached, f"{_unit_cpu([r]):.0f}") for r in runs],
                        ["experiment", "units computed now", "units from the cache", "CPU s of its units"], "lrrr"),
