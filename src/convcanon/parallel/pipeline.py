@@ -438,7 +438,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
     if resume is None and (resume := loop.restarted_run(cfg)) is not None:
         say(f"torchrun restart {distributed.restart_count()}: continuing the run in {resume}")
 
-    run_dir = Path(resume) if resume else Path(cfg.out) if cfg.out else loop._default_run_dir(cfg)
+    run_dir = Path(resume) if resume else Path(cfg.out) if cfg.out else loop.default_run_dir(cfg)
     state = None
     if resume:
         found = ckpt.load_latest(run_dir)
@@ -449,14 +449,14 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
                                  "--pipeline-stages")
             say(f"resuming from {path} (step {state['step']})")
     elif ctx.is_main:
-        loop._prepare_new_run_dir(run_dir)
+        loop.prepare_new_run_dir(run_dir)
 
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
     data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
                      progress=cfg.progress and ctx.is_main, decode=cfg.decode)
     info = data.info
-    model = loop._build_model(cfg, info.num_classes, info.in_chans, info.image_size)  # same seed, same weights
+    model = loop.build_model(cfg, info.num_classes, info.in_chans, info.image_size)  # same seed, same weights
     engine = engine_for(cfg, device, model=model)  # the same precision and memory format as one process
     amp = engine.amp
     if amp == "fp16":
@@ -510,7 +510,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or platform.machine(),
             "convcanon": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "git_commit": loop._git_commit(), "argv": sys.argv, "data": dict(info.__dict__),
+            "git_commit": loop.git_commit(), "argv": sys.argv, "data": dict(info.__dict__),
             "threads": torch.get_num_threads(),
         })  # fmt: skip
     say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, {info.num_classes} "
@@ -599,7 +599,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
                 is_best = best_top1 is None or final["top1"] > best_top1
                 best_top1 = final["top1"] if is_best else best_top1
                 log.log("eval", step, epoch=epoch + 1, **final)
-                say(loop._eval_line(epoch + 1, plan.epochs, step, final))
+                say(loop.eval_line(epoch + 1, plan.epochs, step, final))
                 save(0, epoch + 1, {**final, "best_top1": best_top1}, best=is_best)
             elif reached_max or checkpoint_now:
                 save(b + 1, epoch, {"best_top1": best_top1})

@@ -76,7 +76,7 @@ class RunResult:
 # Run directory
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -85,13 +85,13 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _default_run_dir(cfg: TrainConfig) -> Path:
+def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data = cfg.data.split(":")[0]
     return Path("runs") / f"{cfg.model}-{data}-{stamp}"
 
 
-def _prepare_new_run_dir(path: Path) -> None:
+def prepare_new_run_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path}: exists and is not a directory")
     if path.exists() and any(path.iterdir()):
@@ -134,7 +134,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any], given: set[str
 resolve_amp, autocast_factory = engine_lib.resolve_amp, engine_lib.autocast_factory  # kept importable from here
 
 
-def _build_model(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
     info = model_info(cfg.model)
     options = dict(cfg.model_options)
     if "in_chans" in model_options(cfg.model) and "in_chans" not in options:
@@ -224,7 +224,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
     if resume is None and (resume := restarted_run(cfg)) is not None:
         say(f"torchrun restart {distributed.restart_count()}: continuing the run in {resume}")
 
-    run_dir = Path(resume) if resume else Path(cfg.out) if cfg.out else _default_run_dir(cfg)
+    run_dir = Path(resume) if resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
     state = None
     if resume:
         found = ckpt.load_latest(run_dir)
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
             state, path = found
             say(f"resuming from {path} (step {state['step']})")
     elif ctx.is_main:
-        _prepare_new_run_dir(run_dir)
+        prepare_new_run_dir(run_dir)
 
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed)
@@ -241,7 +241,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
         progress=cfg.progress and ctx.is_main, decode=cfg.decode,
     )  # fmt: skip
     info = data.info
-    model = _build_model(cfg, info.num_classes, info.in_chans, info.image_size)
+    model = build_model(cfg, info.num_classes, info.in_chans, info.image_size)
     engine = engine_lib.engine_for(cfg, ctx.device, model)
     amp, autocast = engine.amp, engine.autocast
     plan = make_plan(cfg, data.num_train_batches(cfg.batch_size, ctx.world_size), ctx.world_size)
@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
             "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor()
             or platform.machine(),
             "world_size": ctx.world_size, "backend": ctx.backend, "convcanon": __version__, "torch": torch.__version__,
-            "python": platform.python_version(), "git_commit": _git_commit(), "argv": sys.argv,
+            "python": platform.python_version(), "git_commit": git_commit(), "argv": sys.argv,
             "data": {k: v for k, v in info.__dict__.items()}, "threads": torch.get_num_threads(),
         })  # fmt: skip
     say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, "
@@ -408,7 +408,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
                 is_best = best_top1 is None or final["top1"] > best_top1
                 best_top1 = final["top1"] if is_best else best_top1
                 log.log("eval", step, epoch=epoch + 1, **{k2: v for k2, v in final.items() if k2 != "confusion"})
-                progress.write(_eval_line(epoch + 1, plan.epochs, step, final))
+                progress.write(eval_line(epoch + 1, plan.epochs, step, final))
                 save(0, epoch + 1, {**final, "best_top1": best_top1}, best=is_best)
             elif reached_max or checkpoint_now:
                 save(b + 1, epoch, {"best_top1": best_top1})
@@ -455,7 +455,7 @@ def _rank_rng(state: dict[str, Any], ctx: Any, seed: int) -> dict[str, Any]:
     return capture_rng_state()
 
 
-def _eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
+def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
     top5 = f", top-5 {result['top5']:.2f}%" if "top5" in result else ""
     return (f"epoch {epoch}/{epochs} (step {step}): test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%"
             f"{top5} on {result['samples']} images")
