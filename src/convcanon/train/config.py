@@ -234,6 +234,16 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 # Flags whose choices need more than their names (the rest say their default only).
 _FLAG_HELP = {
+    "amp": "autocast precision: auto = bf16 where the GPU (Ampere+) or CPU (AVX512-BF16/AMX) computes in bf16 "
+           "natively, else off (fp32); fp16 uses a loss scaler, CUDA only",
+    "channels_last": "NHWC memory format; auto = on, except for models with local response norm",
+    "compile": "torch.compile the model; auto = on CUDA (capability >= 7.0), off on CPU where it does not pay",
+    "image_size": "input side: the crop of folder data (224 if not given) or a resize of in-memory data (their own "
+                  "size if not given)",
+    "dist_backend": "torch.distributed backend (not given: nccl on CUDA, gloo on CPU)",
+    "out": "run directory (not given: runs/<model>-<data>-<time>)",
+    "activation_checkpointing": "recompute ResNet blocks in backward: about half the activation memory for ~1/3 more "
+                                "compute",
     "decode": "where folder data's JPEGs are decoded: cpu = PIL in the DataLoader workers, gpu = nvJPEG on the CUDA "
               "device in batches, auto = gpu only on CUDA and only when timing 64 files says it is faster",
 }
@@ -270,12 +280,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         annotation = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         helptext = f"(default: {default})"
-        if f.name in _FLAG_HELP:
-            helptext = f"{_FLAG_HELP[f.name]} {helptext}"
+        if f.name in _FLAG_HELP:  # a None default is explained there ("not given: ...")
+            helptext = _FLAG_HELP[f.name] if default is None and "not given" in _FLAG_HELP[f.name] else \
+                f"{_FLAG_HELP[f.name]} {helptext}"
         args = typing.get_args(annotation)
         if annotation is bool or set(args) == {bool, type(None)}:  # bool | None: not given = the default (auto)
             if default is None:
-                helptext = "(default: auto)"
+                helptext = helptext.replace("(default: None)", "(default: auto)")
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif typing.get_origin(annotation) is Literal:
             parser.add_argument(flag, dest=f.name, choices=args, default=None, help=helptext)
