@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import convcanon
 from convcanon.parallel.pipeline import (
     balance,
+    clip_global_norm,
     describe_split,
     layer_costs,
     layer_shapes,
@@ -123,6 +124,24 @@ def test_manual_split_is_checked_against_the_model():
         resolve_split(layers, costs, 2, [5, 5])
     text = describe_split(layers, costs, [5, 6], unit="units")
     assert "stage 0: stem .. stage2.0 (5 layers" in text and "stage 1: stage2.1 .. fc (6 layers" in text
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])  # clipping, and a bound the gradient never reaches
+def test_clipping_by_the_global_norm_equals_clip_grad_norm(max_norm):
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(4, 6)
+    for net in nets:
+        net(x).square().sum().backward()
+    norm = clip_global_norm(list(nets[0].parameters()), max_norm, torch.device("cpu"), stages=1)
+    ref = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), max_norm)
+    # 1e-6 relative: the norm is summed in float64 here, in float32 by torch; the coefficient is the same formula.
+    assert float(norm) == pytest.approx(float(ref), rel=1e-6)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=0)
+    if max_norm > float(ref):  # not clipped: untouched (multiplied by exactly 1)
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
 
 
 # ----------------------------------------------------------------------------------------------------- torchrun runs

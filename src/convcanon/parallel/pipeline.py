@@ -395,18 +395,20 @@ def evaluate_pipeline(stage_module: nn.Module, data, stage: int, stages: int, de
 # Training
 
 
-def _clip_global_norm(params: list[Tensor], max_norm: float, device: torch.device, stages: int) -> None:
-    """Clip by the norm of the whole model's gradient, summed over the stages."""
+def clip_global_norm(params: list[Tensor], max_norm: float, device: torch.device, stages: int) -> Tensor:
+    """Clip by the norm of the whole model's gradient, summed over the stages, as ``clip_grad_norm_`` does for one
+    device (same coefficient, max_norm / (norm + 1e-6), capped at 1), on the device: no host sync. Returns the norm."""
     grads = [p.grad for p in params if p.grad is not None]
     local = torch.zeros((), dtype=torch.float64, device=device)
     for g in grads:
         local += g.detach().double().square().sum()
     if stages > 1:
         dist.all_reduce(local)
-    scale = max_norm / (local.sqrt().item() + 1e-6)
-    if scale < 1:
-        for g in grads:
-            g.mul_(scale)
+    norm = local.sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))  # x 1.0 (no clipping) leaves a gradient exactly as it was
+    return norm
 
 
 def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
@@ -566,7 +568,7 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
             step_loss = torch.stack(losses).mean().detach() if last else torch.zeros((), device=device)
             watch.see(step_loss, step)  # read back at log lines and checkpoints only, as in the one-device loop
             if cfg.grad_clip:
-                _clip_global_norm(list(stage_module.parameters()), cfg.grad_clip, device, stages)
+                clip_global_norm(list(stage_module.parameters()), cfg.grad_clip, device, stages)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
