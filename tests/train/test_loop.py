@@ -264,6 +264,7 @@ def test_eval_command_reports_the_best_checkpoint(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 360
     assert result["top1"] == pytest.approx(best, abs=1e-9)  # the same weights on the same images
+    assert result["amp"] == json.loads((run / "run.json").read_text())["amp"]  # ... in the run's own precision
     assert sum(row["samples"] for row in result["per_class"]) == 360
     assert sum(sum(r) for r in result["confusion"]) == 360
     assert Path(result["plot"]).stat().st_size > 1000

@@ -48,8 +48,8 @@ class NonFiniteWatch:
 
     def see(self, loss: Tensor, step: int) -> None:
         """Record ``step`` (0-based) if ``loss`` is not finite and no earlier step was; device-side only."""
-        here = torch.full((), step, dtype=torch.long, device=self.first.device)  # a fill, not a host-to-device copy
-        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), here, self.first)
+        # A Python scalar enters the kernel as an argument: no host-to-device copy.
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
 
     def first_bad_step(self, ctx: Any) -> int | None:
         """The first bad step on any rank (a collective: every rank calls it at the same steps), or None."""
