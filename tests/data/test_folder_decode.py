@@ -17,7 +17,6 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvF
 
-from convcanon.bench import BenchConfig, format_report, run_bench
 from convcanon.cli import main
 from convcanon.data import derive_seed, open_data
 from convcanon.data import throughput as tp
@@ -32,6 +31,8 @@ from convcanon.data.gpu_decode import (
     sniff,
     train_crop,
 )
+from convcanon.perf.bench import BenchConfig, run_bench
+from convcanon.perf.report import format_report
 from convcanon.train.config import config_from_dict
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")

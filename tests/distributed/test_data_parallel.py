@@ -32,7 +32,7 @@ from torchrun_helpers import Launcher, free_port, worker_pid
 from convcanon.train import checkpoint as ckpt
 from convcanon.train.config import TrainConfig
 from convcanon.train.distributed import heartbeat_interval
-from convcanon.train.loop import train
+from convcanon.train.run import train
 
 STEPS = 20
 PER_RANK = 40

@@ -14,7 +14,8 @@ from torch import nn
 
 from convcanon.train import distributed
 from convcanon.train.config import TrainConfig, config_from_dict
-from convcanon.train.loop import restarted_run, train
+from convcanon.train.run import train
+from convcanon.train.rundir import restarted_run
 
 QUIET = {"progress": False, "workers": 0}
 
@@ -235,14 +236,18 @@ class _Data:
 
 
 def _position(saved: dict, world: int, batch_in_epoch: int, **now) -> int:
-    from convcanon.train.loop import resume_position
-    from convcanon.train.optim import make_plan
-
     """Where a checkpoint of ``world`` processes at ``batch_in_epoch`` continues in one process with ``now``."""
+    from convcanon.train.distributed import DistContext
+    from convcanon.train.optim import make_plan
+    from convcanon.train.strategy import SingleDevice
+
     state = {"config": {**COMMON, **saved}, "world_size": world, "batch_in_epoch": batch_in_epoch}
     cfg = TrainConfig(**{**COMMON, **now})
     data = _Data(1437)  # the digits' training split
-    return resume_position(state, cfg, make_plan(cfg, data.num_train_batches(cfg.batch_size)), data, 1, lambda m: None)
+    strategy = SingleDevice()
+    strategy.ctx = DistContext(0, 1, 0, torch.device("cpu"), None)
+    plan = make_plan(cfg, data.num_train_batches(cfg.batch_size))
+    return strategy.resume_position(state, cfg, plan, data, lambda m: None)
 
 
 def test_resume_position_between_world_sizes():

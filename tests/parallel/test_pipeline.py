@@ -16,9 +16,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import convcanon
-from convcanon.parallel.pipeline import (
+from convcanon.parallel.pipeline import clip_global_norm
+from convcanon.parallel.pipeline_split import (
     balance,
-    clip_global_norm,
     describe_split,
     layer_costs,
     layer_shapes,
@@ -27,7 +27,7 @@ from convcanon.parallel.pipeline import (
 )
 from convcanon.train import checkpoint as ckpt
 from convcanon.train.config import TrainConfig
-from convcanon.train.loop import train
+from convcanon.train.run import train
 
 # (model, options, input side): one or two of each family, ImageNet ones at small inputs (the layers do not care).
 MODELS = [
@@ -272,7 +272,7 @@ def test_pipeline_run_stops_on_a_non_finite_loss_before_saving_it(launcher, tmp_
             "--checkpoint-every", "3", "--pipeline-stages", "2", "--microbatches", "2", "--out", str(out)]
     launch = launcher.run(args, nproc=2, check=False)
     assert launch.wait(5) != 0, launch.output[-3000:]  # torchrun reports a failed worker (exit 3) as its own failure
-    match = re.search(r"loss became inf or NaN at step (\d+) \(found at step (\d+)\)", launch.output)
+    match = re.search(r"loss became inf or NaN at step (\d+) \(found at step (\d+),", launch.output)
     assert match, launch.output[-3000:]
     first, found = int(match[1]), int(match[2])
     assert 3 < first <= found and found % 3 == 0, (first, found)
@@ -280,3 +280,33 @@ def test_pipeline_run_stops_on_a_non_finite_loss_before_saving_it(launcher, tmp_
     state, _ = ckpt.load_latest(out)
     assert state["step"] < first
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# --------------------------------------------------- the run skeleton's behaviours, on the pipeline (default suite)
+
+
+def test_pipeline_run_prints_and_records_what_a_one_device_run_does(launcher, tmp_path):
+    # One epoch of 8 steps on small synthetic data through 2 stages: the skeleton's epoch line, final accuracy line
+    # and summary, as for one device.
+    out = tmp_path / "pipe"
+    launch = launcher.run(["train", "--model", "resnet20", "--data", "synthetic:1:8:4", "--batch-size", "128",
+                           *COMMON, "--pipeline-stages", "2", "--microbatches", "4", "--out", str(out)])
+    assert re.search(r"epoch 1/1 \(step 8\): test loss [\d.]+, top-1 [\d.]+% on 256 images", launch.output)
+    final = json.loads((out / "summary.json").read_text())
+    assert final["steps"] == 8 and final["final"]["samples"] == 256
+    assert f"done: 8 steps, test top-1 {final['final']['top1']:.2f}%" in launch.output
+    assert "(pipeline)" in launch.output and json.loads((out / "run.json").read_text())["strategy"] == "pipeline"
+
+
+def test_pipeline_non_finite_loss_gives_the_hints_and_logs_the_event(launcher, tmp_path):
+    # As the slow test above, checked for what the one-device run also does: the advice and the metrics event.
+    out = tmp_path / "pipe"
+    args = ["train", "--model", "alexnet_cifar", "--model-option", "dropout=0.0", "--data", "synthetic",
+            "--batch-size", "16", "--max-steps", "12", "--lr", "5", *COMMON[:-2], "--log-every", "100",
+            "--checkpoint-every", "3", "--pipeline-stages", "2", "--microbatches", "2", "--out", str(out)]
+    launch = launcher.run(args, nproc=2, check=False)
+    assert launch.wait(5) != 0
+    assert "Lower --lr, add --warmup-epochs or --grad-clip" in launch.output, launch.output[-3000:]
+    first = int(re.search(r"loss became inf or NaN at step (\d+)", launch.output)[1])
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["event"]) for e in events if e["kind"] == "event"] == [(first - 1, "non-finite loss")]

@@ -231,7 +231,7 @@ def test_checkpointing_is_skipped_without_grad_and_refused_without_blocks():
 def test_train_prints_and_records_the_engine(tmp_path):
     import io
 
-    from convcanon.train.loop import train
+    from convcanon.train.run import train
 
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, max_steps=2, batch_size=32, progress=False,
                       channels_last=False, activation_checkpointing=True)

@@ -1,4 +1,5 @@
-"""The training loop as a specification: it learns, accumulation is exact, bad losses stop it, resume is bit-exact."""
+"""The run skeleton and the training step as a specification: it learns, accumulation is exact, bad losses stop
+it, resume is bit-exact."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import convcanon
 from convcanon.train import checkpoint as ckpt
 from convcanon.train.config import TrainConfig
-from convcanon.train.loop import NonFiniteLossError, train
+from convcanon.train.run import NonFiniteLossError, train
 from convcanon.train.task import ClassificationTask
 
 QUIET = {"progress": False, "workers": 0}
@@ -153,14 +154,17 @@ _SYNCS = ("item", "__bool__", "__float__", "__int__", "tolist")
 
 
 def _count_host_syncs_in_loop(monkeypatch) -> dict[str, int]:
-    """Count the loop's own reads of tensor values on the host (each is a device sync on a GPU)."""
+    """Count the run skeleton's, the strategy's and the step's own reads of tensor values on the host (each is a
+    device sync on a GPU)."""
+    from convcanon.train import run, step, strategy
+
     counts = {"n": 0}
-    loop_file = train.__code__.co_filename
+    files = {module.__file__ for module in (run, step, strategy)}
     for name in _SYNCS:
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, _original=original, **kwargs):
-            if sys._getframe(1).f_code.co_filename == loop_file:
+            if sys._getframe(1).f_code.co_filename in files:
                 counts["n"] += 1
             return _original(self, *args, **kwargs)
 

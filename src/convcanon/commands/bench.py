@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import BenchConfig, format_report, run_bench
+    from ..perf.bench import BenchConfig, run_bench
+    from ..perf.report import format_report
     from ..train.config import parse_model_options
 
     cfg = BenchConfig(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 _EPILOG = """examples:
   convcanon train                                   ResNet-20 on the embedded digits (the main job, ~1 min on 2 cores)
@@ -34,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..parallel import strategy_for
     from ..train.config import config_from_args
-    from ..train.loop import NonFiniteLossError, resume_config, train
+    from ..train.run import NonFiniteLossError, train
+    from ..train.rundir import resume_config
 
     cfg, given = config_from_args(args)
     if args.resume:
@@ -45,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
         check_decode(cfg.decode)  # no CUDA, or a torchvision without batched GPU decoding: say so before any work
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, strategy=strategy_for(cfg))
     except NonFiniteLossError as err:
-        print(f"convcanon train: {err}")
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank stops at the same check; one says why
+            print(f"convcanon train: {err}")
         return 3
     return 0

@@ -1,15 +1,16 @@
-"""Training on one device or many: config, the loop, optimizer and schedule, checkpoints, metrics."""
+"""Training: config, the run skeleton and its strategies' interface, the engine and its step, optimizer and schedule,
+checkpoints, metrics."""
 
 from .config import TrainConfig, config_from_dict
 from .optim import Plan, lr_at, make_plan
 
 
 def __getattr__(name: str):
-    # The loop pulls in data, checkpoints and TensorBoard; import it only when asked for.
+    # The skeleton pulls in data, checkpoints and TensorBoard; import it only when asked for.
     if name in ("train", "RunResult", "NonFiniteLossError"):
-        from . import loop
+        from . import run
 
-        return getattr(loop, name)
+        return getattr(run, name)
     raise AttributeError(name)
 
 

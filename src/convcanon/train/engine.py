@@ -1,36 +1,32 @@
 """The engine: how a model runs on this device (precision, memory format, compilation, autotuning, checkpointing).
 
 None of these settings changes what is computed, only how fast and in how much memory (bf16 changes rounding).
-``resolve_engine`` turns the config's ``auto`` values into one choice each, with the reason, once at start; ``train``
-and ``bench`` print the choices and apply them through the same ``Engine``, so the benchmark measures the path
-training takes. Every choice is overridable: ``--amp``, ``--channels-last/--no-channels-last``,
-``--compile/--no-compile``, ``--activation-checkpointing``, ``--deterministic`` (turns cuDNN autotuning off).
-
-The automatic rules (issue 5; the measurements behind them are in BENCHMARKS.md):
+``resolve_engine`` turns the config's ``auto`` values into one choice each, with the reason, once at start; every
+user of the training step (``train.step``: the run, ``convcanon bench``, ``estimate --measure``, the experiments)
+prints the choices and applies them through the same ``Engine``. Every choice is overridable: ``--amp``,
+``--channels-last/--no-channels-last``, ``--compile/--no-compile``, ``--activation-checkpointing``,
+``--deterministic`` (turns cuDNN autotuning off). The measurements behind the automatic rules are in BENCHMARKS.md.
 
 - amp: bf16 autocast where the hardware computes in bf16 natively: GPUs of compute capability >= 8.0 (Ampere and
-  newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. On 2 cores of an AMD EPYC with AVX512-BF16 it made the
-  training step 1.6x (ResNet-20, 32x32) and 2.1x (ResNet-50, 224) faster than the fp32 fast path, and the main job
-  reached the same accuracy (BENCHMARKS.md). Weights, optimizer state and the loss stay fp32; only the convolutions
-  and matrix products round to bf16's 8-bit mantissa, which is why a run's numbers depend on the hardware it runs on,
-  as they do across GPU generations: ``--amp off`` pins fp32 where they must not (exactness tests, comparisons across
-  machines, the evidence report's equivalence runs). fp16 (with loss scaling) only when asked for, on CUDA.
+  newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. Weights, optimizer state and the loss stay fp32; only the
+  convolutions and matrix products round to bf16's 8-bit mantissa, which is why a run's numbers depend on the
+  hardware it runs on, as they do across GPU generations: ``--amp off`` pins fp32 where they must not (exactness
+  tests, comparisons across machines, the evidence report's runs). fp16 (with loss scaling) only when asked for, on
+  CUDA.
 - channels-last (NHWC): on, on every device, except for models with local response normalization (the paper
   AlexNet). cuDNN's tensor-core convolutions are NHWC kernels, and oneDNN's CPU convolutions avoid a reorder per call
-  in NHWC: measured 1.1-1.8x on CPU from 8x8 digits to 224x224 (ResNet-20, ResNet-50, GoogLeNet, VGG-16-BN, AlexNet
-  OWT), while ``F.local_response_norm`` has no NHWC path (it averages through a 3-D pool of a reshaped copy):
-  the paper AlexNet was 0.9x.
+  in NHWC, while ``F.local_response_norm`` has no NHWC path (it averages through a 3-D pool of a reshaped copy).
 - compile: on CUDA with Triton (compute capability >= 7.0): fusing batch norm, activation and the residual addition
-  removes most of the memory traffic between convolutions. Off on CPU, where it does not pay: with bf16 the compiled
-  ResNet-20 step ran at 0.94x eager (oneDNN's bf16 convolutions are the time, and inductor calls the same ones); in
-  fp32 it was 1.1-1.3x after about two minutes of compiling, a poor trade for the short runs CPUs are used for
-  (``--compile`` for long ones). Off by default with activation checkpointing (the checkpointed recomputation stays
-  eager). When compiling fails, the run says why and continues eagerly (``CompiledWithFallback``).
+  removes most of the memory traffic between convolutions. Off on CPU, where it does not pay: with bf16, oneDNN's
+  convolutions are the time and inductor calls the same ones; in fp32 the gain is small after minutes of compiling,
+  a poor trade for the short runs CPUs are used for (``--compile`` for long ones). Off by default with activation
+  checkpointing (the checkpointed recomputation stays eager). When compiling fails, the run says why and continues
+  eagerly (``CompiledWithFallback``).
 - cudnn.benchmark (autotuning): on CUDA unless ``deterministic``.
 - optimizer: fused SGD/AdamW (the whole update of a parameter group in one kernel) where torch has the kernel for the
   device (CUDA; CPU from torch 2.4), else multi-tensor ("foreach"); ``optim.build_optimizer`` applies it.
 - no host-device sync in the step: the non-finite-loss check stays on the device until a log line
-  (``loop.NonFiniteWatch``).
+  (``step.NonFiniteWatch``).
 """
 
 from __future__ import annotations
@@ -171,9 +167,17 @@ def resolve_amp(amp: str, device: torch.device, facts: DeviceFacts | None = None
     return amp
 
 
+AMP_DTYPES = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str) -> torch.dtype:
+    """The dtype convolutions and matrix products compute in under ``amp`` (off, bf16, fp16)."""
+    return AMP_DTYPES[amp]
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if dtype is None:
+    dtype = amp_dtype(amp)
+    if dtype == torch.float32:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
@@ -230,7 +234,7 @@ def resolve_engine(
     elif gpu:
         resolved_compile, reasons["compile"] = False, f"auto: Triton needs capability >= 7.0, {what} has {_cap(facts)}"
     else:
-        resolved_compile, reasons["compile"] = False, "auto: off on CPU (bf16: 0.94x; fp32: ~1.2x after minutes)"
+        resolved_compile, reasons["compile"] = False, "auto: off on CPU, where it does not pay"
 
     benchmark = gpu and not deterministic
     reasons["cudnn_benchmark"] = ("off: deterministic" if deterministic else "auto: fixed input shapes") if gpu else ""
@@ -385,6 +389,7 @@ def is_checkpointed(block: nn.Module) -> bool:
 
 
 __all__ = [
-    "DeviceFacts", "Engine", "resolve_engine", "engine_for", "resolve_amp", "autocast_factory",
-    "CompiledWithFallback", "checkpoint_blocks", "optimizer_kernel", "is_checkpointed", "has_local_response_norm",
+    "AMP_DTYPES", "DeviceFacts", "Engine", "amp_dtype", "resolve_engine", "engine_for", "resolve_amp",
+    "autocast_factory", "CompiledWithFallback", "checkpoint_blocks", "optimizer_kernel", "is_checkpointed",
+    "has_local_response_norm",
 ]  # fmt: skip

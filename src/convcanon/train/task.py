@@ -28,6 +28,11 @@ class ClassificationTask:
             return loss
         return F.cross_entropy(output.float(), target, label_smoothing=self.label_smoothing)
 
+    def errors(self, output: Tensor | ModelOutput, target: Tensor) -> Tensor:
+        """Top-1 misses of the main logits (a tensor on the device: no host sync)."""
+        logits = output.logits if isinstance(output, ModelOutput) else output
+        return (logits.detach().argmax(1) != target).sum()
+
 
 def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...]) -> Tensor:
     """Number of samples whose target is among the top-k predictions, for each k (a tensor, no host sync)."""

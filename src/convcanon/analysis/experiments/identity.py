@@ -57,14 +57,27 @@ def units(s: dict[str, Any]) -> list[Unit]:
     return out
 
 
+class Reconstruction:
+    """The task of the identity stack: reproduce the input; the loss is the squared error relative to the input's
+    energy (1.0 for an output of zeros), so it reads the same at every depth."""
+
+    def loss(self, output, target):
+        import torch.nn.functional as F
+
+        return F.mse_loss(output, target) / target.pow(2).mean()
+
+    def errors(self, output, target) -> None:
+        return None
+
+
 def train_stack(variant: str, blocks: int, steps: int, channels: int, batch_size: int, lr: float, seed: int,
                 device: str) -> dict[str, Any]:
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     from ...models.resnet import BasicBlock
     from ...train.optim import build_optimizer, lr_at
+    from ...train.step import TrainStep
     from . import lean
 
     data = lean.digits()
@@ -78,10 +91,11 @@ def train_stack(variant: str, blocks: int, steps: int, channels: int, batch_size
     if variant == "residual-zero-init":
         for block in stack:
             nn.init.zeros_(block.last_bn().weight)
-    stack.to(dev).train()
+    engine = lean.exact_engine(dev)
+    stack = engine.prepare_model(stack).train()
     cfg, plan = lean.make_lr_plan(data, steps=steps, batch_size=batch_size, lr=lr, schedule="constant",
                                   weight_decay=0.0, optimizer="adamw")
-    optimizer = build_optimizer(stack, cfg, dev)
+    step_fn = TrainStep(engine, stack, build_optimizer(stack, cfg, dev), Reconstruction())
 
     def target(images: torch.Tensor) -> torch.Tensor:
         return images.clamp(min=0).expand(-1, channels, -1, -1).contiguous()
@@ -89,15 +103,11 @@ def train_stack(variant: str, blocks: int, steps: int, channels: int, batch_size
     losses: list[float] = []
     for step, (pixels, _) in enumerate(lean.batches(data, batch_size, seed, dev)):
         x = target(pixels)
-        loss = F.mse_loss(stack(x), x) / x.pow(2).mean()
-        losses.append(float(loss.detach()))  # before this step's update: losses[0] is the loss at initialization
+        # The loss of the forward before this step's update: losses[0] is the loss at initialization. The last
+        # step's update is never looked at.
+        losses.append(float(step_fn([(x, x)], 1, lr_at(step, plan), step)))
         if step == steps or not math.isfinite(losses[-1]):
             break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, plan)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
     return {"variant": variant, "blocks": blocks, "losses": losses}
 
 

@@ -2,10 +2,11 @@
 
 The experiments train dozens of small networks for a few hundred steps each; ``convcanon.train.train`` (run
 directory, TensorBoard, checkpoints, per-epoch evaluation) would cost more than the training itself there. This loop
-keeps the parts a claim can depend on identical to the engine's: the data order and augmentation
-(``DataSource.train_batches``), the loss (``ClassificationTask``), the optimizer (``build_optimizer``: SGD with
-Nesterov momentum, no weight decay on BN and biases) and the LR (``make_plan`` + ``lr_at``: linear warmup, cosine).
-Experiments whose claim is about the engine itself (scaling) use ``convcanon.train.train``.
+runs the engine's own training step (``train.step.TrainStep``, fp32, NCHW, eager: :func:`exact_engine`) with the parts
+a claim can depend on identical to a run's: the data order and augmentation (``DataSource.train_batches``), the loss
+(``ClassificationTask``), the optimizer (``build_optimizer``: SGD with Nesterov momentum, no weight decay on BN and
+biases) and the LR (``make_plan`` + ``lr_at``: linear warmup, cosine). Experiments whose claim is about the run
+itself (scaling) use ``convcanon.train.train``.
 
 A *step* is one optimizer update, as everywhere in convcanon.
 """
@@ -23,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ...train.config import config_from_dict
-from ...train.optim import Plan, build_optimizer, lr_at, make_plan
+from ...train.optim import Plan, lr_at, make_plan
+from ...train.step import build_step
 from ...train.task import ClassificationTask
 
 
@@ -47,9 +49,17 @@ def digits_unaugmented():
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from ...train.distributed import resolve_device as resolve
+
+    return resolve(device)
+
+
+def exact_engine(device: torch.device):
+    """The engine the experiments run: fp32, NCHW, eager, so that their figures hold on any machine (bf16's rounding
+    depends on the hardware; the fast path changes nothing that a claim here is about)."""
+    from ...train.engine import resolve_engine
+
+    return resolve_engine(device=device, amp="off", channels_last=False, compile=False)
 
 
 def make_lr_plan(data, *, steps: int, batch_size: int, lr: float, warmup_steps: int = 0,
@@ -126,37 +136,25 @@ def fit(
     threshold measurements). A non-finite loss ends training and is reported as ``diverged``. ``final_eval=False``
     skips the final evaluations (LR sweeps read the training curve only).
     """
-    model.to(device)
-    model.train()
     cfg, plan = make_lr_plan(data, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                              schedule=schedule, weight_decay=weight_decay, momentum=momentum)
-    optimizer = build_optimizer(model, cfg, device)
-    task = ClassificationTask()
+    model, train_step = build_step(model, exact_engine(device), cfg)
+    model.train()
     train_curve: list[tuple[int, float, float]] = []
     test_curve: list[tuple[int, float, float]] = []
-    wrong = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     seen, diverged, step = 0, False, 0
     t0, c0 = time.perf_counter(), time.process_time()
     for step, (x, y) in enumerate(batches(data, batch_size, seed, device), start=1):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step - 1, plan)
-        out = model(x)
-        loss = task.loss(out, y)
-        logits = out.logits if hasattr(out, "logits") else out
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        wrong += (logits.detach().argmax(1) != y).sum()
-        loss_sum += loss.detach() * len(y)
+        loss = train_step([(x, y)], 1, lr_at(step - 1, plan), step - 1)
+        loss_sum += loss * len(y)
         seen += len(y)
         if step % window == 0 or step == steps:
             running_loss = float(loss_sum) / seen
-            running_error = 100.0 * float(wrong) / seen
+            running_error = 100.0 * float(train_step.reset_errors()) / seen
             if not math.isfinite(running_loss):
                 diverged = True
             train_curve.append((step, running_error, running_loss))
-            wrong.zero_()
             loss_sum.zero_()
             seen = 0
             if diverged or (stop is not None and stop(step, running_error)):

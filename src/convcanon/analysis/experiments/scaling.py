@@ -167,7 +167,7 @@ def _train(cfg_values: dict[str, Any], out: Path, track_steps: int = 0) -> dict[
     import time
 
     from ...train.config import config_from_dict
-    from ...train.loop import train
+    from ...train.run import train
 
     values = {"progress": False, "log_every": 1, "keep_checkpoints": 1, **cfg_values, "out": str(out)}
     if track_steps:

@@ -2,15 +2,16 @@
 
 Weak scaling, as data-parallel training is used: every process keeps ``batch_size`` images, so N processes train on
 an N times larger global batch; efficiency(N) = images/s(N) / (N x images/s(1)). Each process count runs in its own
-``torchrun --standalone --nproc-per-node N`` (the stock launcher, gloo on CPU, NCCL on GPUs), timing ``steps``
-optimizer steps (forward, loss, backward with the gradient all-reduce, SGD update) on random images held on the
-device, after ``warmup`` untimed ones. On CPU the machine's cores are shared: each process gets cores // N threads,
+``torchrun --standalone --nproc-per-node N`` (the stock launcher, gloo on CPU, NCCL on GPUs), timing ``steps`` of the
+engine's training step (``train.step.TrainStep``: forward, loss, backward with the gradient all-reduce, the optimizer
+update; with the engine's choices for the device, as ``convcanon train`` runs it) on random images held on the device,
+after ``warmup`` untimed ones. On CPU the machine's cores are shared: each process gets cores // N threads,
 so on one machine the figure shows what the all-reduce and the smaller per-process thread count cost, not more
 compute.
 
-    python -m convcanon.parallel.scaling --nproc 1 2 --model resnet20 --batch-size 64 --image-size 32 --steps 20
+    python -m convcanon.perf.scaling --nproc 1 2 --model resnet20 --batch-size 64 --image-size 32 --steps 20
 
-or from Python ``scaling_benchmark("resnet20", 64, 32, [1, 2], 20)``; ``convcanon bench --nproc`` calls the same.
+or from Python ``scaling_benchmark("resnet20", 64, 32, [1, 2], 20)``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 
 def scaling_benchmark(model: str, batch_size: int, image_size: int, nprocs: list[int], steps: int, *,
-                      warmup: int = 3, device: str = "auto", model_options: dict | None = None,
+                      warmup: int = 3, device: str = "auto", amp: str = "auto", model_options: dict | None = None,
                       threads: int | None = None, timeout: float = 600.0) -> list[dict]:
     """One row per process count: ``nproc``, ``images_per_s``, ``step_ms``, ``global_batch``, ``threads_per_proc``,
     ``device``, ``efficiency`` (against the smallest count run, scaled to 1 process: exact when 1 is among
@@ -40,9 +41,9 @@ def scaling_benchmark(model: str, batch_size: int, image_size: int, nprocs: list
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
             argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-                    "-m", "convcanon.parallel.scaling", "--worker", "--model", model, "--batch-size", str(batch_size),
+                    "-m", "convcanon.perf.scaling", "--worker", "--model", model, "--batch-size", str(batch_size),
                     "--image-size", str(image_size), "--steps", str(steps), "--warmup", str(warmup), "--device",
-                    device, "--result", str(out), "--model-options", json.dumps(model_options or {})]
+                    device, "--amp", amp, "--result", str(out), "--model-options", json.dumps(model_options or {})]
             env = {**os.environ, "OMP_NUM_THREADS": str(per_proc)}
             proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True)
@@ -75,43 +76,38 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 def _worker(args: argparse.Namespace) -> None:
     import torch
-    from torch import nn
 
-    from ..registry import create_model, model_options
-    from ..train import distributed
+    from ..parallel.data_parallel import DataParallel
+    from ..registry import model_info
+    from ..train.config import TrainConfig
+    from ..train.engine import engine_for
+    from ..train.run import build_model
+    from ..train.step import TrainStep
 
-    ctx = distributed.setup(args.device)
+    cfg = TrainConfig(model=args.model, model_options=json.loads(args.model_options), batch_size=args.batch_size,
+                      lr=1e-3, device=args.device, amp=args.amp)  # a tiny LR: timing, not learning
+    strategy = DataParallel()
+    ctx = strategy.setup(cfg)
     torch.manual_seed(0)
-    options = json.loads(args.model_options)
-    if "in_chans" in model_options(args.model):
-        options.setdefault("in_chans", 3)
-    model = create_model(args.model, **options).to(ctx.device)
-    net = model
-    if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
-                                                  else None)
+    classes = model_info(cfg.model).default_num_classes
+    model = build_model(cfg.model, cfg.model_options, num_classes=classes, in_chans=3, image_size=args.image_size)
+    engine = engine_for(cfg, ctx.device, model)
+    placement = strategy.place(model, engine, cfg, None, lambda msg: None)
+    step: TrainStep = placement.step  # DDP around the model, as `convcanon train` under torchrun
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=ctx.device)
-    y = torch.randint(0, model.num_classes, (args.batch_size,), device=ctx.device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    from ..layers import logits_of
-
-    def step() -> None:
-        loss = nn.functional.cross_entropy(logits_of(net(x)), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    y = torch.randint(0, classes, (args.batch_size,), device=ctx.device)
 
     def sync() -> None:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         ctx.barrier()
 
-    for _ in range(args.warmup):
-        step()
+    for i in range(args.warmup):
+        step([(x, y)], 1, cfg.lr, i)
     sync()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
+    for i in range(args.steps):
+        step([(x, y)], 1, cfg.lr, args.warmup + i)
     sync()
     seconds = time.perf_counter() - t0
     if ctx.is_main:
@@ -119,14 +115,14 @@ def _worker(args: argparse.Namespace) -> None:
             "nproc": ctx.world_size, "images_per_s": args.steps * args.batch_size * ctx.world_size / seconds,
             "step_ms": 1000 * seconds / args.steps, "global_batch": args.batch_size * ctx.world_size,
             "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
-            "backend": ctx.backend, "model": args.model, "batch_size": args.batch_size,
+            "backend": ctx.backend, "model": args.model, "batch_size": args.batch_size, "amp": engine.amp,
             "image_size": args.image_size, "steps": args.steps,
         }))  # fmt: skip
-    distributed.teardown(ctx)
+    strategy.teardown()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m convcanon.parallel.scaling", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m convcanon.perf.scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="process counts to compare (default: 1 2)")
     p.add_argument("--model", default="resnet20")
@@ -136,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                   help="autocast precision, as in train (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores // N)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -145,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args)
         return 0
     rows = scaling_benchmark(args.model, args.batch_size, args.image_size, args.nproc, args.steps,
-                             warmup=args.warmup, device=args.device, model_options=json.loads(args.model_options),
-                             threads=args.threads)
+                             warmup=args.warmup, device=args.device, amp=args.amp,
+                             model_options=json.loads(args.model_options), threads=args.threads)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from convcanon.parallel.scaling import main, scaling_benchmark
+from convcanon.perf.scaling import main, scaling_benchmark
 
 
 @pytest.mark.slow

@@ -8,18 +8,17 @@ import pytest
 import torch
 
 from convcanon.analysis.profile import count_macs
-from convcanon.bench import (
+from convcanon.cli import main
+from convcanon.perf.bench import (
     BenchConfig,
-    Series,
     baseline_description,
     build_model,
-    format_report,
     make_baseline,
-    per_round_ratio,
     resolve_shape,
     run_bench,
 )
-from convcanon.cli import main
+from convcanon.perf.report import format_report
+from convcanon.perf.timing import Series, per_round_ratio
 
 TINY = dict(model="resnet20", batch_size=4, image_size=8, windows=2, steps=1, warmup=1, peak_size=512)
 

@@ -1,0 +1,324 @@
+"""The run skeleton: one training run from its settings to its final weights, for every parallel strategy.
+
+The skeleton owns the run directory, resume, seeding, the data, logging, checkpoints, evaluation, the final weights
+and the summary; a strategy (``train.strategy``: one device; ``convcanon.parallel``: data parallel, pipeline) owns
+only what differs between them, and the engine's :class:`~convcanon.train.step.TrainStep` owns the step. A *step* is
+one optimizer update, everywhere: schedule, logs, checkpoints, ``max_steps``.
+
+The order of a run: settings checked (nothing written yet); the process group; the run directory claimed (or the
+newest valid checkpoint found); seeds; the data; the model (the same weights on every process); the engine's choices;
+the plan (global batch, scaled LR, warmup); the model placed by the strategy; the checkpoint's state restored; the
+run's files written and its plan printed; then epochs of steps, each epoch ending in an exact evaluation and a
+checkpoint; last the final weights (``model.safetensors``) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..registry import create_model, model_info, model_options
+from . import checkpoint as ckpt
+from . import engine as engine_lib
+from .config import TrainConfig, dump_yaml, to_dict
+from .distributed import restart_count
+from .metrics import MetricsLog
+from .optim import Plan, lr_at
+from .reproducibility import restore_rng_state, seed_everything, set_deterministic
+from .rundir import default_run_dir, prepare_new_run_dir, restarted_run, run_facts
+from .step import NonFiniteLossError
+from .strategy import SingleDevice, Strategy
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    epochs_done: int
+    plan: Plan
+    final: dict[str, Any] = field(default_factory=dict)  # last evaluation
+    best_top1: float | None = None
+    seconds: float = 0.0
+
+
+def build_model(name: str, options: dict[str, Any], *, num_classes: int, in_chans: int, image_size: int,
+                for_what: str = "the input") -> nn.Module:
+    """Model ``name`` with ``options`` for inputs of ``in_chans`` channels, ``image_size`` pixels square and
+    ``num_classes`` classes; ``in_chans`` goes into the options of models that take it, and the rest is checked:
+    a channel count the model cannot take, or a side smaller than it accepts, is a ValueError naming the flag to
+    change (``for_what`` says where the input comes from, e.g. "--data digits")."""
+    info = model_info(name)
+    options = dict(options)
+    if "in_chans" in model_options(name) and "in_chans" not in options:
+        options["in_chans"] = in_chans
+    elif options.get("in_chans", info.input_size[0]) != in_chans:
+        raise ValueError(f"--model {name} takes {options.get('in_chans', info.input_size[0])}-channel input but "
+                         f"{for_what} has {in_chans} channel(s)")
+    model = create_model(name, num_classes=num_classes, **options)
+    min_size = getattr(model, "min_size", 1)
+    if image_size < min_size:
+        raise ValueError(f"--model {name} needs inputs of at least {min_size}x{min_size} pixels; {for_what} gives "
+                         f"{image_size}x{image_size}: pass --image-size {min_size} (or larger) or pick a small-image "
+                         "model")
+    return model
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, strategy: Strategy | None = None,
+          out_stream=None) -> RunResult:
+    """Train ``cfg`` with ``strategy`` (default: one device); with ``resume``, continue the run in that directory
+    from its newest valid checkpoint. ``convcanon.parallel.strategy_for(cfg)`` picks the strategy ``convcanon train``
+    uses (data parallel under torchrun, the pipeline with ``pipeline_stages`` > 1)."""
+    return Run(cfg, strategy or SingleDevice(), resume=resume, out_stream=out_stream).execute()
+
+
+class Run:
+    """One run of the skeleton (see the module docstring); :func:`train` is how it is used."""
+
+    def __init__(self, cfg: TrainConfig, strategy: Strategy, *, resume: str | Path | None = None,
+                 out_stream=None) -> None:
+        self.cfg, self.strategy, self.resume = cfg, strategy, resume
+        self.out_stream = out_stream or sys.stdout
+        self.state: dict[str, Any] | None = None
+        self.step, self.epoch, self.start_batch = 0, 0, 0
+        self.best_top1: float | None = None
+        self.final: dict[str, Any] = {}
+
+    def say(self, msg: str) -> None:
+        if self.ctx.is_main:
+            print(msg, file=self.out_stream, flush=True)
+
+    def execute(self) -> RunResult:
+        t_start = time.perf_counter()
+        self.strategy.check(self.cfg)
+        self.ctx = self.strategy.setup(self.cfg)
+        self._claim_run_dir()
+        self._build()
+        self._write_run_files()
+        self.train_seconds = 0.0
+        try:
+            while self.epoch < self.plan.epochs and not self._run_epoch():
+                pass
+        finally:
+            self.progress.close()
+        seconds = time.perf_counter() - t_start
+        self._finish(seconds)
+        self.log.close()
+        self.strategy.teardown()
+        return RunResult(self.run_dir, self.step, self.epoch, self.plan, self.final, self.best_top1, seconds)
+
+    # ---- start
+
+    def _claim_run_dir(self) -> None:
+        cfg = self.cfg
+        if self.resume is None and (restarted := restarted_run(cfg)) is not None:
+            self.say(f"torchrun restart {restart_count()}: continuing the run in {restarted}")
+            self.resume = restarted
+        self.run_dir = Path(self.resume) if self.resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        if self.resume:
+            found = ckpt.load_latest(self.run_dir)
+            if found is not None:
+                self.state, path = found
+                self.strategy.check_resumable(self.state, self.run_dir, path)
+                self.say(f"resuming from {path} (step {self.state['step']})")
+        elif self.ctx.is_main:
+            prepare_new_run_dir(self.run_dir)
+
+    def _build(self) -> None:
+        """Seeds, data, model, engine, plan, placement, and the checkpoint's state when resuming."""
+        from ..data import open_data
+
+        cfg, ctx, state = self.cfg, self.ctx, self.state
+        set_deterministic(cfg.deterministic)
+        seed_everything(cfg.seed)
+        self.data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
+                              progress=cfg.progress and ctx.is_main, decode=cfg.decode)
+        info = self.data.info
+        model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
+                            image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere
+        self.engine = engine_lib.engine_for(cfg, ctx.device, model)
+        self.plan = self.strategy.plan(cfg, self.data)
+        self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
+        if state is not None:
+            self.strategy.load_state(self.placement, state)
+            self.step, self.epoch = state["step"], state["epoch"]
+            self.start_batch = self.strategy.resume_position(state, cfg, self.plan, self.data, self.say)
+            self.best_top1 = state.get("metrics", {}).get("best_top1")
+
+    def _write_run_files(self) -> None:
+        cfg, ctx, info, plan = self.cfg, self.ctx, self.data.info, self.plan
+        lines, extra = self.strategy.describe(self.placement)
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.state is None:
+                ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            ckpt.atomic_write_json(self.run_dir / "run.json", {
+                "plan": plan.__dict__, "amp": self.engine.amp, "engine": self.engine.as_dict(),
+                "world_size": ctx.world_size, "backend": ctx.backend, "strategy": self.strategy.name, **extra,
+                **run_facts(ctx.device), "data": dict(info.__dict__),
+            })  # fmt: skip
+        self.say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, "
+                 f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device "
+                 f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
+        self.say(plan.describe())
+        for line in [*self.engine.describe(), *lines]:
+            self.say(line)
+        resumed = self.state is not None
+        self.log = MetricsLog(self.run_dir, enabled=ctx.is_main, resume_step=self.step if resumed else None)
+        if resumed:
+            # Last: building the model and data consumed RNG; the checkpoint's state is what the next step expects.
+            restore_rng_state(self.strategy.rank_rng(self.state, cfg))
+        else:
+            self.strategy.seed_streams(cfg)
+        self.progress = _progress(cfg.progress and ctx.is_main, plan, self.step, self.say)
+        self.loss_window = torch.zeros((), device=ctx.device)  # summed step losses since the last log line
+        self.window_steps, self.window_images, self.window_t0 = 0, 0, time.perf_counter()
+
+    # ---- the epochs
+
+    def _run_epoch(self) -> bool:
+        """Train from the current position to the end of the epoch (or ``max_steps``); True when the run stops early."""
+        cfg, plan = self.cfg, self.plan
+        nb, k = plan.micro_batches_per_epoch, plan.accum_steps
+        step_fn = self.placement.step
+        batches = iter(self.strategy.train_batches(self.data, self.epoch, cfg, self.start_batch))
+        self.placement.model.train()
+        step_fn.net.train()
+        for group_start in range(self.start_batch, nb, k):
+            count = min(k, nb - group_start)  # the last group of an epoch may be shorter
+            lr = lr_at(self.step, plan)
+            self.loss_window += step_fn(itertools.islice(batches, count), count, lr, self.step)
+            self.step += 1
+            self.window_steps += 1
+            self.window_images += plan.global_batch if count == k else plan.global_batch // k * count
+            self.progress.update(1)
+            position = group_start + count
+            if self._after_step(position, nb, lr):
+                return True
+        self.epoch += 1
+        self.start_batch = 0
+        return False
+
+    def _after_step(self, position: int, nb: int, lr: float) -> bool:
+        """Logs, the non-finite check, evaluation and checkpoints due after a step; True when ``max_steps`` is
+        reached."""
+        cfg, step = self.cfg, self.step
+        end_of_epoch = position == nb
+        reached_max = bool(cfg.max_steps) and step >= cfg.max_steps
+        checkpoint_now = bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0
+        log_now = step % cfg.log_every == 0 or end_of_epoch or reached_max
+        if log_now or checkpoint_now:
+            self._check_finite()
+        if log_now:
+            self._log_window(position / nb, lr)
+        if end_of_epoch:
+            self._evaluate_and_save()
+        elif reached_max or checkpoint_now:
+            self._save(position, self.epoch, {"best_top1": self.best_top1})
+        return reached_max
+
+    def _check_finite(self) -> None:
+        first = self.placement.step.watch.first_bad_step(self.ctx)
+        if first is None:
+            return
+        self.log.log("event", first, event="non-finite loss", epoch=self.epoch)
+        self.log.close()
+        self.progress.close()
+        raise NonFiniteLossError(
+            f"loss became inf or NaN at step {first + 1} (found at step {self.step}, epoch {self.epoch + 1}); stopped "
+            f"before saving anything after it. The last good checkpoint in {self.run_dir / 'checkpoints'} is intact. "
+            "Lower --lr, add --warmup-epochs or --grad-clip, or use --amp fp16 with its loss scaler."
+        )
+
+    def _log_window(self, epoch_fraction: float, lr: float) -> None:
+        now = time.perf_counter()
+        self.train_seconds += now - self.window_t0
+        # The mean over every process's micro-batches, i.e. over the global batch (a collective: every process logs
+        # at the same steps); one process's loss alone would be a sample of one shard. A pipeline's stages other than
+        # the last hold zeros, so the sum is the last stage's loss.
+        _, data_world = self.strategy.data_world()
+        mean_loss = self.ctx.all_reduce_sum(self.loss_window).item() / (self.window_steps * data_world)
+        ips = self.window_images / max(now - self.window_t0, 1e-9)
+        self.log.log("train", self.step, epoch=self.epoch + epoch_fraction, loss=mean_loss, lr=lr, images_per_s=ips)
+        self.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+        self.loss_window.zero_()
+        self.window_steps, self.window_images, self.window_t0 = 0, 0, time.perf_counter()
+
+    def _evaluate_and_save(self) -> None:
+        t_eval = time.perf_counter()
+        final = self.strategy.evaluate(self.placement, self.data, self.engine, max(self.cfg.batch_size, 256))
+        self.window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
+        is_best = self.best_top1 is None or final["top1"] > self.best_top1
+        self.best_top1 = final["top1"] if is_best else self.best_top1
+        self.final = final
+        self.log.log("eval", self.step, epoch=self.epoch + 1, **{k: v for k, v in final.items() if k != "confusion"})
+        self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, final))
+        self._save(0, self.epoch + 1, {**final, "best_top1": self.best_top1}, best=is_best)
+
+    def _save(self, batch_in_epoch: int, epoch: int, metrics: dict[str, Any], best: bool = False) -> None:
+        part = self.strategy.checkpoint_state(self.placement)  # a collective; None except on the main process
+        if part is None:
+            return
+        info = self.data.info
+        ckpt.save_checkpoint(self.run_dir, {
+            "format": "convcanon-checkpoint", "version": 1, **part, "step": self.step, "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch, "world_size": self.ctx.world_size, "classes": list(info.classes),
+            "config": to_dict(self.cfg), "metrics": metrics, "model_name": self.cfg.model,
+            "num_classes": info.num_classes, "in_chans": info.in_chans, "image_size": info.image_size,
+        }, keep_last=self.cfg.keep_checkpoints, best=best)  # fmt: skip
+
+    # ---- the end
+
+    def _finish(self, seconds: float) -> None:
+        weights = self.strategy.full_state_dict(self.placement)  # a collective; None except on the main process
+        if weights is None:
+            return
+        info, final, run_dir = self.data.info, self.final, self.run_dir
+        ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata={
+            "model": self.cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
+            "classes": "\n".join(info.classes), "convcanon": __version__,
+        })  # fmt: skip
+        ckpt.atomic_write_json(run_dir / "summary.json", {
+            "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
+            "best_top1": self.best_top1, "seconds": round(seconds, 2), "train_seconds": round(self.train_seconds, 2),
+        })  # fmt: skip
+        if final:
+            self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%) in "
+                     f"{seconds:.1f} s; weights in {run_dir / 'model.safetensors'}")
+        else:
+            self.say(f"stopped after {self.step} steps in {seconds:.1f} s; continue with --resume {run_dir}")
+
+
+def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
+    top5 = f", top-5 {result['top5']:.2f}%" if "top5" in result else ""
+    return (f"epoch {epoch}/{epochs} (step {step}): test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%"
+            f"{top5} on {result['samples']} images")
+
+
+class _Lines:
+    """Progress without a bar (not a terminal, or --no-progress): only the per-epoch lines, through ``say``."""
+
+    def __init__(self, say) -> None:
+        self.write = say
+
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(enabled: bool, plan: Plan, initial: int, say):
+    if not enabled or not sys.stderr.isatty():
+        return _Lines(say)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=plan.total_steps, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+
+__all__ = ["NonFiniteLossError", "Run", "RunResult", "build_model", "eval_line", "train"]
