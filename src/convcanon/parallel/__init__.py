@@ -1,2 +1,3 @@
-"""Model parallelism: pipeline stages over processes (torch.distributed.pipelining) and AlexNet's two towers on two
-devices; plus the data-parallel scaling benchmark. Data parallelism itself lives in ``convcanon.train``."""
+"""Parallel training pieces: pipeline stages over processes (torch.distributed.pipelining), AlexNet's two towers on two
+devices, sync batch norm for data parallelism, and the data-parallel scaling benchmark. The process group itself
+(torchrun's environment, the heartbeat) lives in ``convcanon.train.distributed``."""

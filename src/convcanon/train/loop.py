@@ -248,7 +248,9 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, out_stream=None
 
     model = engine.prepare_model(model)
     if cfg.sync_bn and ctx.distributed:
-        model = distributed.convert_sync_batchnorm(model, ctx.device)
+        from ..parallel.sync_batchnorm import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, ctx.device)
     optimizer = build_optimizer(model, cfg, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == "fp16")
     task = ClassificationTask(label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
