@@ -70,10 +70,6 @@ class Verdict:
         return {**asdict(self), "label": self.label}
 
 
-def verdict_from_dict(d: dict[str, Any]) -> Verdict:
-    return Verdict(d["claim"], d["holds"], d["text"])
-
-
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     vals = [float(v) for v in values]
