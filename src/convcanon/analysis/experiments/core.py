@@ -42,6 +42,9 @@ from typing import Any, Literal
 from ... import __version__
 from ...io import atomic_write_json
 
+# The experiments, one module each, in report order; pitfalls last, it reads the others' results.
+EXPERIMENTS: tuple[str, ...] = ("canon", "degradation", "identity", "gradient_flow", "ideas", "scaling", "pitfalls")
+
 Mode = Literal["tiny", "quick", "full"]
 MODES: tuple[str, ...] = ("tiny", "quick", "full")
 
@@ -176,8 +179,6 @@ class ExperimentRun:
 
 
 def experiment_module(name: str):
-    from . import EXPERIMENTS
-
     key = name.replace("-", "_")
     if key not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
