@@ -22,8 +22,6 @@ from convcanon.train.checkpoint import (
     FORMAT,
     CheckpointFallbackWarning,
     CorruptCheckpointError,
-    atomic_write_json,
-    atomic_write_text,
     checkpoint_path,
     find_checkpoints,
     load_checkpoint,
@@ -298,15 +296,3 @@ def test_safetensors_roundtrip_with_tied_and_non_contiguous_tensors(tmp_path):
     _truncate(path)
     with pytest.raises(CorruptCheckpointError, match="model.safetensors"):
         load_safetensors(path)
-
-
-def test_atomic_text_and_json_leave_the_old_file_when_serialization_fails(tmp_path):
-    path = tmp_path / "run" / "config.json"
-    atomic_write_json(path, {"lr": 0.1, "milestones": [1, 2]})
-    assert json.loads(path.read_text()) == {"lr": 0.1, "milestones": [1, 2]}
-    with pytest.raises(TypeError):
-        atomic_write_json(path, {"bad": {1, 2}})
-    assert json.loads(path.read_text()) == {"lr": 0.1, "milestones": [1, 2]}
-    atomic_write_text(tmp_path / "run" / "notes.txt", "résumé\n")
-    assert (tmp_path / "run" / "notes.txt").read_text(encoding="utf-8") == "résumé\n"
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "notes.txt"]

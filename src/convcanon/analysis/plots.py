@@ -1,8 +1,14 @@
-"""matplotlib set-up shared by the evidence report's plots: the Agg backend (no display needed), one style, one save."""
+"""The plots: matplotlib set-up shared by the evidence report's plots (the Agg backend, no display needed; one style;
+one save), and the confusion matrix of ``convcanon eval``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pyplot():
@@ -41,3 +47,34 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_formatter(fmt)
     target.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+
+
+def plot_confusion(matrix: torch.Tensor, classes: Sequence[Any], path: Path, title: str) -> None:
+    """The confusion matrix of ``convcanon eval`` (rows: true class, columns: predicted) as a PNG at ``path``: class
+    names on the axes up to 40 classes, counts in the cells up to 20. Without the report's style (``pyplot``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    size = min(4 + 0.35 * n, 20)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(im, ax=ax, label="images")
+    if n <= 40:
+        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
+        ax.set_yticks(range(n), [str(c) for c in classes])
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    if matrix[i, j]:
+                        ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
+                                color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

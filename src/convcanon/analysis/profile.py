@@ -89,11 +89,6 @@ def profile_model(name: str, num_classes: int | None = None, **options: object) 
     )  # fmt: skip
 
 
-def training_flops_per_image(name: str, **options: object) -> float:
-    """Training FLOPs per image: forward + backward ~ 3x forward (backward computes grads for inputs and weights)."""
-    return 3 * 2 * profile_model(name, **options).macs
-
-
 def layer_table(name: str, num_classes: int | None = None, **options: object) -> list[dict[str, object]]:
     """One row per top-level stage (and per child of a stage container): output shape, parameters, MACs."""
     info = model_info(name)

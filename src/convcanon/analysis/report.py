@@ -7,7 +7,6 @@ directory can be moved or committed as it is).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..io import atomic_write_json, atomic_write_text
 from .experiments import EXPERIMENTS
 from .experiments.core import (
     ExperimentRun,
@@ -106,16 +106,13 @@ def build_report(
     rows = main_rows(runs)
     text = render(runs, rows, mode=mode, seed=seed, seconds=seconds, cpu_seconds=cpu, expected=expected,
                   jobs=jobs_used, command=command)
-    path = out / "report.md"
-    tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = atomic_write_text(out / "report.md", text)
     summary = {"mode": mode, "seed": seed, "convcanon": __version__, "seconds": round(seconds, 1),
                "cpu_seconds": round(cpu, 1), "expected_seconds": round(expected, 1), "verdicts": rows,
                "experiments": {r.name: {"results": str(r.dir / "results.json"),
                                         "plots": [str(r.dir / p) for p in r.plots], "computed_units": r.computed,
                                         "cached_units": r.cached} for r in runs}}
-    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "report.json", summary, indent=1)
     log(f"report: {path} ({duration(seconds)} wall, {cpu:.0f} CPU seconds)")
     return ReportResult(path, runs, seconds, cpu, expected, rows)
 

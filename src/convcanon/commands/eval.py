@@ -34,12 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from ..analysis.plots import plot_confusion
     from ..train.evaluate_cli import evaluate_checkpoint
 
-    result = evaluate_checkpoint(
+    evaluation = evaluate_checkpoint(
         Path(args.checkpoint), data=args.data, image_size=args.image_size, batch_size=args.batch_size,
-        device=args.device, plot=Path(args.plot) if args.plot else None, amp=args.amp,
+        device=args.device, amp=args.amp,
     )  # fmt: skip
+    plot = Path(args.plot) if args.plot else evaluation.out_dir / "confusion.png"
+    plot_confusion(evaluation.confusion, evaluation.classes, plot,
+                   title=f"{evaluation.model} on {evaluation.dataset}: top-1 {evaluation.metrics['top1']:.2f}%")
+    result = {**evaluation.as_dict(), "plot": str(plot)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = resume_config(args.resume, cfg.__dict__, given)
     if cfg.decode == "gpu":
-        from ..data.spec import check_decode
+        from ..data.decode import check_decode
 
         check_decode(cfg.decode)  # no CUDA, or a torchvision without batched GPU decoding: say so before any work
     try:

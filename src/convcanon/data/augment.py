@@ -1,8 +1,8 @@
 """Augmentation of whole uint8 batches with tensor ops on the device (no per-sample Python, as in airbench).
 
 Random crop with zero padding is one gather: ``unfold`` views every (H, W) window of the zero-padded batch, and
-advanced indexing copies out window ``(oy[n], ox[n])`` of sample ``n`` (measured on CPU: twice as fast as indexing
-pixel by pixel with four index tensors). Horizontal flip is one ``torch.where`` on the per-sample mask. The random
+advanced indexing copies out window ``(oy[n], ox[n])`` of sample ``n`` (one index per sample, not four index tensors
+with one entry per pixel). Horizontal flip is one ``torch.where`` on the per-sample mask. The random
 offsets and flips are drawn from a CPU generator the caller seeds (see ``base.derive_seed``) for the whole global
 batch, so every rank's share is the same whatever the number of ranks.
 """

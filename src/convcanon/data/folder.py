@@ -40,10 +40,10 @@ from .base import (
     rank_slice,
     shard_range,
 )
+from .decode import check_decode
 from .images import load_rgb
 from .memory import check_num_classes
 from .scan import MAX_BAD_FRACTION, ScanReport, scan_folder
-from .spec import check_decode
 
 if TYPE_CHECKING:
     from .throughput import DecodeChoice

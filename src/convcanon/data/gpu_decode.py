@@ -12,7 +12,7 @@ resize is torch's antialiased bilinear on float pixels instead of PIL's (they ar
 level). Expect a few grey levels of mean absolute difference, not bit equality; a run is bit-exact only under one
 ``decode`` setting (pin it, rather than ``auto``, to resume bit-exactly on another machine).
 
-Fallbacks, per sample, never a crash: the worker sniffs each file's header with PIL (tens of microseconds) and decodes
+Fallbacks, per sample, never a crash: the worker sniffs each file's header with PIL (no decode: cheap) and decodes
 on the CPU, as the CPU path does, every file nvJPEG should not see: not a JPEG (PNG, ...), not 3-channel YCbCr
 (greyscale, CMYK/YCCK, Adobe RGB), or MPO. A JPEG the GPU decoder refuses anyway (a batch call fails, then that file
 alone fails) is decoded on the CPU in the main process and sent to the workers' CPU path in later epochs.

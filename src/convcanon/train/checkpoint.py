@@ -1,4 +1,4 @@
-"""Checkpoints a killed run can always resume from, and that load without running code (issue 7, items 9-10).
+"""Checkpoints a killed run can always resume from, and that load without running code.
 
 Layout of a run directory::
 
@@ -11,25 +11,22 @@ A checkpoint is a dict ``{"format": "convcanon-checkpoint", "version": 1, "model
 ``torch.load(weights_only=True)``: only tensors, numbers, strings, None, lists, tuples and dicts, so loading a file
 never imports or calls anything named in it.
 
-Every file is written atomically: to a hidden temporary file in the same directory (``.NAME.tmp-PID``), flushed and
-fsync'ed, renamed over the final name, and the directory fsync'ed. A kill at any instant leaves either the old file or
-the complete new one under the final name; a temporary file is never taken for a checkpoint and is removed by the
-next save. Only one process (rank 0) may write a run's checkpoints at a time.
+Every file is written atomically through ``convcanon.io`` (a temporary file, fsync, rename, fsync of the directory):
+a kill at any instant leaves either the old file or the complete new one under the final name; a temporary file is
+never taken for a checkpoint and is removed by the next save. Only one process (rank 0) may write a run's checkpoints
+at a time.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import errno
-import json
 import os
 import pickle
 import re
-import shutil
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +36,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from ..io import atomic_link_or_copy, atomic_write, atomic_write_bytes, remove_stale_temps
+
 FORMAT = "convcanon-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng", "classes", "config")
@@ -46,7 +45,6 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best.pt"
 
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
-_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")
 # The error torch.load(weights_only=True) raises when a pickle names a global it will not import (or an opcode it
 # will not run); stable wording since torch 1.13.
 _WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
@@ -59,82 +57,6 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointFallbackWarning(UserWarning):
     """``load_latest`` skipped a corrupt checkpoint and fell back to an older one."""
-
-
-# --------------------------------------------------------------------------------------------- atomic file writes
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable; without it a power loss may bring back the old directory entry."""
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows; NTFS journals the rename itself
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some file systems (e.g. certain network mounts) do not support fsync on directories
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` through ``write(file)`` so that readers see the old content or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Replace ``path`` with ``text`` (UTF-8) atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Replace ``path`` with ``obj`` as indented JSON atomically; an object JSON cannot hold fails before any write."""
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows; assume alive and leave the file
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _remove_stale_temps(directory: Path) -> None:
-    """Remove temporary files of writes that were killed: ours (we are not mid-write now) or of a dead process."""
-    for p in directory.iterdir():
-        m = _TEMP_RE.match(p.name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint files
@@ -203,35 +125,15 @@ def save_checkpoint(run_dir: str | os.PathLike[str], state: Mapping[str, Any], *
     payload = _checkpoint_payload(state)
     directory = Path(run_dir) / CHECKPOINT_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(directory)
-    path = _atomic_write(checkpoint_path(run_dir, payload["step"]), lambda f: torch.save(payload, f))
+    remove_stale_temps(directory)
+    path = atomic_write(checkpoint_path(run_dir, payload["step"]), lambda f: torch.save(payload, f))
     if best:
-        _replace_best(path)
+        atomic_link_or_copy(path, path.with_name(BEST_NAME))  # the checkpoint is durable: a second name costs no copy
     for old in find_checkpoints(run_dir)[keep_last:]:
         if old != path:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
     return path
-
-
-def _replace_best(path: Path) -> None:
-    best = path.with_name(BEST_NAME)
-    tmp = _temp_path(best)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        os.link(path, tmp)  # the checkpoint is already durable; a second name for it costs no copy
-    except OSError:  # no hard links here (some network and FUSE file systems)
-        with open(path, "rb") as src:
-            _atomic_write(best, lambda f: shutil.copyfileobj(src, f, 1 << 20))
-        return
-    try:
-        os.replace(tmp, best)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(best.parent)
 
 
 def find_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -385,7 +287,6 @@ def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 __all__ = [
     "BEST_NAME", "CHECKPOINT_DIR", "FORMAT", "REQUIRED_KEYS", "VERSION", "CheckpointFallbackWarning",
-    "CorruptCheckpointError", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "checkpoint_path",
-    "find_checkpoints", "load_checkpoint", "load_latest", "load_safetensors", "safetensors_metadata",
-    "save_checkpoint", "save_safetensors",
+    "CorruptCheckpointError", "checkpoint_path", "find_checkpoints", "load_checkpoint", "load_latest",
+    "load_safetensors", "safetensors_metadata", "save_checkpoint", "save_safetensors",
 ]

@@ -67,7 +67,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
 
-    # scaling out (issue 3): data parallelism under torchrun, pipeline model parallelism
+    # scaling out: data parallelism under torchrun, pipeline model parallelism
     dist_backend: str | None = None  # gloo | nccl | mpi | ucc | xccl; default: nccl on CUDA, gloo on CPU
     dist_timeout: float = 300.0  # seconds a rank may be silent before the others stop the job naming it
     pipeline_stages: int = 1  # K > 1: split the model's layers over K processes (torchrun --nproc-per-node K)

@@ -1,7 +1,11 @@
-"""Evaluating a saved model: find the weights and the settings they were trained with, then ``evaluate``."""
+"""Evaluating a saved model: find the weights and the settings they were trained with, then ``evaluate``.
+
+The figures only: ``convcanon eval`` (``commands/eval.py``) prints them and draws the confusion matrix with
+``analysis.plots``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +42,38 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     return state["model"], state["config"], path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
+@dataclass
+class CheckpointEvaluation:
+    """A saved model evaluated on a test split: the figures ``convcanon eval`` prints and plots."""
+
+    model: str
+    data: str  # the data spec evaluated on
+    dataset: str  # its name: digits, cifar10, folder, ...
+    amp: str  # the precision it ran in
+    metrics: dict[str, Any]  # loss, top1, samples and, with more than five classes, top5
+    classes: list[Any]
+    confusion: torch.Tensor  # images per (true class, predicted class)
+    out_dir: Path  # the run directory (or the weights' folder): where outputs such as the plot go by default
+
+    def per_class(self) -> list[dict[str, Any]]:
+        totals = self.confusion.sum(dim=1)
+        return [
+            {"class": name, "samples": int(totals[i]),
+             "accuracy": round(100.0 * float(self.confusion[i, i]) / max(int(totals[i]), 1), 2)}
+            for i, name in enumerate(self.classes)
+        ]  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON-ready values."""
+        return {"model": self.model, "data": self.data, "amp": self.amp, **self.metrics, "per_class": self.per_class(),
+                "confusion": self.confusion.tolist()}
+
+
 def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int | None = None,
-                        batch_size: int = 256, device: str = "auto", plot: Path | None = None,
-                        amp: str | None = None) -> dict[str, Any]:
-    """``amp`` None: the run's own setting (``auto`` resolves on this device as training did), so that on the machine
-    that trained, the figures are the ones training logged."""
+                        batch_size: int = 256, device: str = "auto", amp: str | None = None) -> CheckpointEvaluation:
+    """Evaluate the weights at ``path`` (a run directory, a checkpoint or a run's safetensors file) with the model and
+    data settings of their run. ``amp`` None: the run's own setting (``auto`` resolves on this device as training did),
+    so that on the machine that trained, the figures are the ones training logged."""
     from ..data import open_data
     from .engine import resolve_engine
 
@@ -67,42 +98,4 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int 
     result = evaluate(model, source, ctx, batch_size=batch_size, confusion=True, autocast=engine.autocast,
                       channels_last=engine.channels_last)
     matrix = result.pop("confusion")
-    totals = matrix.sum(dim=1)
-    per_class = [
-        {"class": name, "samples": int(totals[i]),
-         "accuracy": round(100.0 * float(matrix[i, i]) / max(int(totals[i]), 1), 2)}
-        for i, name in enumerate(info.classes)
-    ]  # fmt: skip
-    plot = plot or out_dir / "confusion.png"
-    plot_confusion(matrix, info.classes, plot, title=f"{cfg['model']} on {info.name}: top-1 {result['top1']:.2f}%")
-    return {"model": cfg["model"], "data": spec, "amp": engine.amp, **result, "per_class": per_class,
-            "confusion": matrix.tolist(), "plot": str(plot)}
-
-
-def plot_confusion(matrix: torch.Tensor, classes, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(classes)
-    size = min(4 + 0.35 * n, 20)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(matrix.numpy(), cmap="Blues")
-    fig.colorbar(im, ax=ax, label="images")
-    if n <= 40:
-        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
-        ax.set_yticks(range(n), [str(c) for c in classes])
-        if n <= 20:
-            for i in range(n):
-                for j in range(n):
-                    if matrix[i, j]:
-                        ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
-                                color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return CheckpointEvaluation(cfg["model"], spec, info.name, engine.amp, result, list(info.classes), matrix, out_dir)

@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_text
+
 
 class MetricsLog:
     """Appends records to ``DIR/metrics.jsonl`` and mirrors numeric fields to TensorBoard under ``DIR/tb``.
 
     Each record has ``kind`` (train, eval, event) and ``step`` (optimizer steps done). On resume the log is appended to;
-    lines for steps past the checkpoint are dropped first so the file tells one consistent history.
+    lines for steps past the checkpoint are dropped first (the file rewritten atomically) so that it tells one
+    consistent history.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None) -> None:
@@ -39,7 +42,7 @@ class MetricsLog:
                     kept.append(line)
             except json.JSONDecodeError:  # a line cut by a kill: drop it
                 continue
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:

@@ -111,8 +111,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over ``param_groups``, with the fastest update kernel the device has:
-    fused (one kernel per group for the whole update: 2.7x faster than foreach on ResNet-20, 2.8-5x on ResNet-50, CPU)
-    where torch has one, else multi-tensor ("foreach")."""
+    fused (one kernel per group for the whole update; BENCHMARKS.md has the figures) where torch has one, else
+    multi-tensor ("foreach")."""
     groups = param_groups(model, cfg.weight_decay)
     kernel = optimizer_kernel(device)
     if cfg.optimizer == "sgd":

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..io import atomic_write_json, atomic_write_text
 from ..registry import create_model, model_info, model_options
 from . import checkpoint as ckpt
 from . import engine as engine_lib
@@ -158,8 +159,8 @@ class Run:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.state is None:
-                ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            ckpt.atomic_write_json(self.run_dir / "run.json", {
+                atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            atomic_write_json(self.run_dir / "run.json", {
                 "plan": plan.__dict__, "amp": self.engine.amp, "engine": self.engine.as_dict(),
                 "world_size": ctx.world_size, "backend": ctx.backend, "strategy": self.strategy.name, **extra,
                 **run_facts(ctx.device), "data": dict(info.__dict__),
@@ -285,7 +286,7 @@ class Run:
             "model": self.cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
             "classes": "\n".join(info.classes), "convcanon": __version__,
         })  # fmt: skip
-        ckpt.atomic_write_json(run_dir / "summary.json", {
+        atomic_write_json(run_dir / "summary.json", {
             "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
             "best_top1": self.best_top1, "seconds": round(seconds, 2), "train_seconds": round(self.train_seconds, 2),
         })  # fmt: skip

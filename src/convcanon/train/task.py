@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -33,10 +32,3 @@ class ClassificationTask:
         logits = output.logits if isinstance(output, ModelOutput) else output
         return (logits.detach().argmax(1) != target).sum()
 
-
-def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...]) -> Tensor:
-    """Number of samples whose target is among the top-k predictions, for each k (a tensor, no host sync)."""
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hits = pred.eq(target[:, None])
-    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in ks])

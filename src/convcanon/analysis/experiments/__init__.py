@@ -6,9 +6,6 @@ One module per experiment (see ``core`` for the protocol); ``convcanon experimen
 
 from __future__ import annotations
 
-# In report order; pitfalls last, it reads the others' results.
-EXPERIMENTS: tuple[str, ...] = ("canon", "degradation", "identity", "gradient_flow", "ideas", "scaling", "pitfalls")
-
-from .core import ExperimentRun, Unit, Verdict, expected_seconds, run_experiment  # noqa: E402
+from .core import EXPERIMENTS, ExperimentRun, Unit, Verdict, expected_seconds, run_experiment
 
 __all__ = ["EXPERIMENTS", "ExperimentRun", "Unit", "Verdict", "expected_seconds", "run_experiment"]

@@ -40,6 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ... import __version__
+from ...io import atomic_write_json
+
+# The experiments, one module each, in report order; pitfalls last, it reads the others' results.
+EXPERIMENTS: tuple[str, ...] = ("canon", "degradation", "identity", "gradient_flow", "ideas", "scaling", "pitfalls")
 
 Mode = Literal["tiny", "quick", "full"]
 MODES: tuple[str, ...] = ("tiny", "quick", "full")
@@ -67,10 +71,6 @@ class Verdict:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label}
-
-
-def verdict_from_dict(d: dict[str, Any]) -> Verdict:
-    return Verdict(d["claim"], d["holds"], d["text"])
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -179,8 +179,6 @@ class ExperimentRun:
 
 
 def experiment_module(name: str):
-    from . import EXPERIMENTS
-
     key = name.replace("-", "_")
     if key not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)}")
@@ -270,7 +268,7 @@ def run_experiment(
         verdicts = mod.verdicts(saved["results"])
         if [v.as_dict() for v in verdicts] != saved["verdicts"] or plots != saved.get("plots", []):
             saved.update(verdicts=[v.as_dict() for v in verdicts], plots=plots)
-            _atomic_write(results_path, json.dumps(saved, indent=1, default=_json_default))
+            atomic_write_json(results_path, saved, indent=1, default=_json_default)
         log(f"{mod.NAME}: up to date ({results_path}), nothing to compute")
         return ExperimentRun(mod.NAME, exp_dir, key, settings, saved["results"], verdicts, plots,
                              cached=len(saved.get("units", {})), reused=True,
@@ -292,7 +290,7 @@ def run_experiment(
         "results": results, "verdicts": [v.as_dict() for v in verdicts], "plots": plots,
         "units": stats.get(mod.NAME, {}),
     }  # fmt: skip
-    _atomic_write(results_path, json.dumps(record, indent=1, default=_json_default))
+    atomic_write_json(results_path, record, indent=1, default=_json_default)
     return ExperimentRun(mod.NAME, exp_dir, key, settings, results, verdicts, plots, computed=computed.get(mod.NAME, 0),
                          cached=len(units) - computed.get(mod.NAME, 0), seconds=time.perf_counter() - t0,
                          cpu_seconds=cpu.get(mod.NAME, 0.0), unit_stats=stats.get(mod.NAME, {}))
@@ -369,7 +367,7 @@ def run_units(tasks: Sequence[tuple[str, Unit, Path]], *, force: bool, jobs: int
         key = u.key(experiment)
         entry = {"unit": u.name, "func": u.func, "params": u.params, "convcanon": __version__,
                  "seconds": round(wall, 3), "cpu_seconds": round(cpu_s, 3), "output": out}
-        _atomic_write(unit_dir / f"{key}.json", json.dumps(entry, default=_json_default))
+        atomic_write_json(unit_dir / f"{key}.json", entry, indent=None, default=_json_default)
         outputs.setdefault(experiment, {})[u.name] = json.loads(json.dumps(out, default=_json_default))
         stats.setdefault(experiment, {})[u.name] = {"key": key, "cached": False, "seconds": round(wall, 3),
                                                     "cpu_seconds": round(cpu_s, 3)}
@@ -437,12 +435,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return list(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

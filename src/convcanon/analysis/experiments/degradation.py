@@ -25,7 +25,9 @@ DEPENDS: tuple[str, ...] = ()
 
 # Training error gaps below this many points are not called an effect even with zero seed spread (one-seed runs).
 FLOOR = 1.0
-MS_PER_LAYER_STEP = 1.3  # measured: one thread, batch 64, 8x8 digits, per weighted layer (plain-20 ~ 26 ms/step)
+# Cost estimate of a unit (orders the work, predicts the runtime): ms per weighted layer per training step, timed with
+# one thread at batch 64 on 8x8 digits.
+MS_PER_LAYER_STEP = 1.3
 
 
 def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:

@@ -368,7 +368,7 @@ def verdict_accumulation(results: dict[str, Any]) -> Verdict:
     text = f"{s['accum_steps']} x {s['micro_batch']} vs 1 x {s['accum_steps'] * s['micro_batch']}, AlexNet: {nums}"
     bn = results["equivalence"]["accumulation_resnet20"]
     if bn.get("ok") and bn["a"]["top1"] is not None and bn["b"]["top1"] is not None:
-        bn_holds, bn_nums = same_run(results, "accumulation_resnet20")
+        _, bn_nums = same_run(results, "accumulation_resnet20")
         text += (f". ResNet-20, whose batch norm sees {s['micro_batch']} instead of "
                  f"{s['accum_steps'] * s['micro_batch']} images: {bn_nums}; test accuracy after {s['epochs']} "
                  f"epoch(s) {bn['b']['top1']:.1f}% accumulated vs {bn['a']['top1']:.1f}% big batch")
