@@ -32,6 +32,7 @@ from convcanon.data.gpu_decode import (
     train_crop,
 )
 from convcanon.perf.bench import BenchConfig, run_bench
+from convcanon.perf.decode import measure_decode
 from convcanon.perf.report import format_report
 from convcanon.train.config import config_from_dict
 
@@ -285,7 +286,7 @@ def _positive(x):
 
 def test_decode_throughput_per_worker_and_loader(tree):
     source = open_tree(tree, workers=2)
-    figures = tp.measure_decode(source, torch.device("cpu"))
+    figures = measure_decode(source, torch.device("cpu"))
     assert _positive(figures.per_worker) and _positive(figures.loader)
     assert (figures.sample, figures.workers, figures.choice, figures.gpu) == (18, 2, "cpu", None)
     assert figures.loader_images == 16  # 8 batches of 2: steady state needs several rounds of the 2 workers
@@ -350,5 +351,5 @@ def test_gpu_decoding_of_every_awkward_file_and_the_auto_choice(tree, capsys):
     choice = auto.decode_choice("cuda")
     assert choice.mode in ("cpu", "gpu") and choice.cpu_images_per_s > 0 and choice.gpu_images_per_s > 0
     assert "decode: " in capsys.readouterr().err
-    figures = tp.measure_decode(auto, torch.device("cuda"))
+    figures = measure_decode(auto, torch.device("cuda"))
     assert _positive(figures.gpu) and _positive(figures.loader)

@@ -1,13 +1,10 @@
-"""Decode throughput of folder data: how many images/s one worker turns from files into training tensors, how many
-the DataLoader delivers with the configured workers, and (on CUDA) how many the GPU-decode path delivers; and the
-``decode="auto"`` choice between the two paths.
+"""The ``decode="auto"`` choice of folder data between decoding on the CPU (PIL, in the DataLoader workers) and on
+the GPU (nvJPEG), and the timings it is made from (also what ``perf.decode``, the decode benchmark, reports).
 
 What one worker does per training sample, and what is timed: read the file, decode it (PIL), RandomResizedCrop, flip,
 to a uint8 tensor (``folder.ImageFiles``). "Per worker" is that path in this process, one file after another, with
-the files already in the page cache (a read from a cold disk is the disk's figure, not the decoder's). The loader
-figure is the real ``FolderSource`` loader over a sample, counted from the arrival of the W-th batch to the last (W =
-workers: their first batches arrive together, after the start-up), so it is the steady-state rate. Timings on a shared
-machine are noisy; they are printed, never asserted.
+the files already in the page cache (a read from a cold disk is the disk's figure, not the decoder's). Timings on a
+shared machine are noisy; they are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -15,9 +12,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -45,7 +41,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _warm_page_cache(source, indices: list[int]) -> None:
+def warm_page_cache(source, indices: list[int]) -> None:
     for i in indices:
         Path(source._train.paths[i]).read_bytes()
 
@@ -128,7 +124,7 @@ def choose_decode(source, device: torch.device) -> DecodeChoice:
     if why:
         return DecodeChoice("cpu", f"auto: {why}", **base)
     indices = sample_indices(source, min(AUTO_SAMPLE, source.info.train_size))
-    _warm_page_cache(source, indices)
+    warm_page_cache(source, indices)
     used = max(1, min(workers, usable_cpus()))  # workers beyond the cores do not add throughput
     cpu = cpu_per_worker(source, indices) * used
     try:
@@ -145,79 +141,3 @@ def choose_decode(source, device: torch.device) -> DecodeChoice:
            "files")
     return DecodeChoice(mode, f"auto: {fig}", cpu_images_per_s=cpu, gpu_images_per_s=gpu, sample=len(indices),
                         **base)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The benchmark's figures
-
-
-@dataclass(frozen=True)
-class DecodeThroughput:
-    """Decode figures of a folder source on one device (``convcanon bench --data folder:...``)."""
-
-    per_worker: float  # images/s of the CPU per-sample path in one process
-    sample: int  # files in that figure
-    workers: int  # the configured DataLoader workers
-    cpus: int  # CPU cores this process may use
-    loader: float  # images/s the CPU-decode loader delivers with `workers` workers
-    loader_images: int  # images in the loader sample
-    choice: str  # the decode path the source uses for this device
-    choice_line: str  # ... in words, with the figures of an automatic choice
-    gpu: float | None = None  # images/s the GPU-decode loader delivers (CUDA only)
-    gpu_error: str | None = None  # why there is no GPU figure on a CUDA device
-
-    @property
-    def delivered(self) -> float:
-        """Images/s of the path in use."""
-        return self.gpu if self.choice == "gpu" and self.gpu is not None else self.loader
-
-    def workers_needed(self, images_per_s: float) -> int:
-        """CPU workers that would keep up with ``images_per_s`` (at the per-worker rate, and if there are cores)."""
-        return math.ceil(images_per_s / self.per_worker)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def loader_rate(source, indices: list[int], batch_size: int, device: torch.device, decode: str,
-                seed: int = 0) -> float:
-    """Steady-state images/s of ``source``'s loader over ``indices`` (see the module docstring)."""
-    first = max(1, source.workers)  # the batches that arrive together, after the workers start
-    arrivals: list[float] = []
-    t0 = time.perf_counter()
-    for x, _ in source.sample_batches(indices, batch_size, seed=seed, device=device, decode=decode):
-        if device.type == "cuda":
-            x.sum().item()  # the batch is on the device, not just queued (a host sync per batch, measured here only)
-        arrivals.append(time.perf_counter())
-    if len(arrivals) > first:
-        return (len(arrivals) - first) * batch_size / (arrivals[-1] - arrivals[first - 1])
-    return len(arrivals) * batch_size / (arrivals[-1] - t0)  # too few batches for a steady state: start-up included
-
-
-def measure_decode(source, device: torch.device, *, sample: int = AUTO_SAMPLE, seed: int = 0) -> DecodeThroughput:
-    """Per-worker and loader images/s of ``source`` (a ``FolderSource``) on ``device``, and the GPU path's on CUDA."""
-    choice = source.decode_choice(device)
-    train_size = source.info.train_size
-    per_sample = sample_indices(source, min(sample, train_size), seed)
-    # The loader sample: a few rounds of the workers (steady state) in small batches, at most the training set.
-    rounds = max(4 * max(1, source.workers), 8)
-    batch = max(1, min(16, train_size // rounds))
-    loader_sample = sample_indices(source, min(rounds, train_size // batch) * batch, seed)
-    _warm_page_cache(source, sorted(set(per_sample) | set(loader_sample)))
-    per_worker = cpu_per_worker(source, per_sample, seed)
-    loader = loader_rate(source, loader_sample, batch, device, "cpu", seed)
-    gpu, gpu_error = None, None
-    if device.type == "cuda":
-        from .gpu_decode import gpu_decode_unavailable
-
-        gpu_error = gpu_decode_unavailable()
-        if gpu_error is None:
-            try:
-                gpu = loader_rate(source, loader_sample, batch, device, "gpu", seed)
-            except RuntimeError as err:
-                gpu_error = " ".join(str(err).split())[:200]
-    return DecodeThroughput(
-        per_worker=per_worker, sample=len(per_sample), workers=source.workers, cpus=usable_cpus(), loader=loader,
-        loader_images=len(loader_sample), choice=choice.mode, choice_line=choice.describe(), gpu=gpu,
-        gpu_error=gpu_error,
-    )  # fmt: skip

@@ -294,6 +294,35 @@ def _build_subjects(cfg: BenchConfig, device: torch.device, say: Say, only: str 
     return subjects
 
 
+def _ratios(train: dict[str, Series], infer: dict[str, Series]) -> dict[str, float]:
+    """Ours against each reference timed beside it, as medians of per-round ratios."""
+    ratios: dict[str, float] = {}
+    if "baseline" in train:
+        ratios["train_ours_over_baseline"] = per_round_ratio(train["ours"], train["baseline"])
+        if "baseline" in infer:
+            ratios["infer_ours_over_baseline"] = per_round_ratio(infer["ours"], infer["baseline"])
+    if "data" in train:
+        ratios["train_data_over_synthetic"] = per_round_ratio(train["data"], train["ours"])
+    if "ours_plain" in train:
+        ratios["train_checkpointed_over_plain"] = per_round_ratio(train["ours"], train["ours_plain"])
+    return ratios
+
+
+def _utilization(train: dict[str, Series], infer: dict[str, Series], peak: Series | None, train_flops: float,
+                 infer_flops: float) -> dict[str, float]:
+    """Model FLOP/s over the matmul peak, per subject. Every subject against the peak of ours' precision: for the
+    fp32 baseline under --amp bf16 that is the share of what the device can do, not of what fp32 can."""
+    utilization: dict[str, float] = {}
+    if peak is None:
+        return utilization
+    for key, s in train.items():
+        utilization[f"train_{key}"] = statistics.median(
+            r * train_flops / p for r, p in zip(s.rates, peak.rates, strict=True))
+    if "ours" in infer:
+        utilization["infer_ours"] = infer["ours"].median * infer_flops / peak.median
+    return utilization
+
+
 def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     """Run the benchmark described by ``cfg``; ``say`` gets progress lines."""
     from ..analysis.profile import count_macs
@@ -314,7 +343,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
 
     decode = None
     if data is not None and data.info.name == "folder":
-        from ..data.throughput import measure_decode
+        from .decode import measure_decode
 
         say("decode: timing one worker and the loader on a sample of the training files ...")
         decode = measure_decode(data, device, seed=cfg.seed)  # before any subject: nothing else runs meanwhile
@@ -336,25 +365,8 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
         infer_timed = [(s, s.infer_step, float(cfg.batch_size)) for s in subjects if s.infer_step is not None]
         infer_series, _ = alternate(infer_timed, cfg, device, say, "inference")
 
-    ratios: dict[str, float] = {}
-    if "baseline" in train_series:
-        ratios["train_ours_over_baseline"] = per_round_ratio(train_series["ours"], train_series["baseline"])
-        if "baseline" in infer_series:
-            ratios["infer_ours_over_baseline"] = per_round_ratio(infer_series["ours"], infer_series["baseline"])
-    if "data" in train_series:
-        ratios["train_data_over_synthetic"] = per_round_ratio(train_series["data"], train_series["ours"])
-    if "ours_plain" in train_series:
-        ratios["train_checkpointed_over_plain"] = per_round_ratio(train_series["ours"], train_series["ours_plain"])
-
-    utilization: dict[str, float] = {}
-    if peak is not None:
-        # Every subject against the peak of ours' precision: for the fp32 baseline under --amp bf16 that is the share
-        # of what the device can do, not of what fp32 can.
-        for key, s in train_series.items():
-            utilization[f"train_{key}"] = statistics.median(
-                r * train_flops / p for r, p in zip(s.rates, peak.rates, strict=True))
-        if "ours" in infer_series:
-            utilization["infer_ours"] = infer_series["ours"].median * infer_flops / peak.median
+    ratios = _ratios(train_series, infer_series)
+    utilization = _utilization(train_series, infer_series, peak, train_flops, infer_flops)
 
     if cfg.memory and device.type != "cuda":
         for s in subjects:
