@@ -12,6 +12,9 @@ import importlib
 import sys
 
 from . import __version__
+from .io import WriteError
+
+EXIT_WRITE_REFUSED = 74  # EX_IOERR of sysexits.h
 
 COMMANDS = ("models", "train", "eval", "scan", "bench", "estimate", "experiment", "report")
 
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input found before work started: one clear line, no traceback.
         print(f"convcanon {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except WriteError as err:
+        # The disk refused a write (full, read-only, no permission): what was written before is intact.
+        print(f"convcanon {args.command}: error: {err.strerror}", file=sys.stderr)
+        return EXIT_WRITE_REFUSED
 
 
 if __name__ == "__main__":

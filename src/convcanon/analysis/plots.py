@@ -24,9 +24,16 @@ def pyplot():
     return plt
 
 
+def savefig(fig, path: Path, **options) -> None:
+    """``fig.savefig`` through ``convcanon.io``: atomic, and a refused write names the path."""
+    from ..io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", **options))
+
+
 def save(fig, out_dir: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(Path(out_dir) / name)
+    savefig(fig, Path(out_dir) / name)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -75,6 +82,7 @@ def plot_confusion(matrix: torch.Tensor, classes: Sequence[Any], path: Path, tit
     ax.set_ylabel("true class")
     ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        savefig(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

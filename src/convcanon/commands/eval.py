@@ -26,33 +26,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"),
                    help="autocast precision (default: the run's setting, resolved on this device as in training)")
-    p.add_argument("--plot", metavar="FILE.png", help="confusion matrix PNG (default: next to the checkpoint)")
+    p.add_argument("--plot", metavar="FILE.png|none", help="where to draw the confusion matrix (default: confusion.png "
+                   "in the run directory; a directory gets confusion.png inside; none: no plot)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
+
+
+def _plot_path(arg: str | None, default_dir: Path) -> Path | None:
+    if arg is not None and arg.lower() == "none":
+        return None
+    if arg is None:
+        return default_dir / "confusion.png"
+    path = Path(arg)
+    return path / "confusion.png" if path.is_dir() or arg.endswith(("/", "\\")) else path
+
+
+def _draw(evaluation, plot: Path) -> str:
+    """Draw the confusion matrix into ``plot``; a run directory another process owns is not written to."""
+    from ..analysis.plots import plot_confusion
+    from ..io import LOCK_NAME, RunLock
+
+    title = f"{evaluation.model} on {evaluation.dataset}: top-1 {evaluation.metrics['top1']:.2f}%"
+    run_dir = plot.parent if (plot.parent / LOCK_NAME).exists() or (plot.parent / "config.yaml").exists() else None
+    if run_dir is None:
+        plot_confusion(evaluation.confusion, evaluation.classes, plot, title=title)
+        return str(plot)
+    with RunLock(run_dir).acquire("convcanon eval"):
+        plot_confusion(evaluation.confusion, evaluation.classes, plot, title=title)
+    return str(plot)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..analysis.plots import plot_confusion
     from ..train.evaluate_cli import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(
         Path(args.checkpoint), data=args.data, image_size=args.image_size, batch_size=args.batch_size,
         device=args.device, amp=args.amp,
     )  # fmt: skip
-    plot = Path(args.plot) if args.plot else evaluation.out_dir / "confusion.png"
-    plot_confusion(evaluation.confusion, evaluation.classes, plot,
-                   title=f"{evaluation.model} on {evaluation.dataset}: top-1 {evaluation.metrics['top1']:.2f}%")
-    result = {**evaluation.as_dict(), "plot": str(plot)}
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    from ..tables import format_table
+    plot = _plot_path(args.plot, evaluation.out_dir)
+    result = evaluation.as_dict()
+    if args.json:  # the figures first: a plot that cannot be written costs nothing already computed
+        print(json.dumps({**result, "plot": str(plot) if plot else None}, indent=2), flush=True)
+    else:
+        from ..tables import format_table
 
-    top5 = f"  top-5 {result['top5']:.2f}%" if "top5" in result else ""
-    print(f"{result['model']} on {result['data']}: top-1 {result['top1']:.2f}%{top5}  loss {result['loss']:.4f}  "
-          f"({result['samples']} images, amp {result['amp']})")
-    print(format_table(result["per_class"], [("class", "class"), ("samples", "samples"), ("accuracy", "accuracy %")]))
-    print(f"confusion matrix: {result['plot']}")
+        top5 = f"  top-5 {result['top5']:.2f}%" if "top5" in result else ""
+        print(f"{result['model']} on {result['data']}: top-1 {result['top1']:.2f}%{top5}  loss {result['loss']:.4f}  "
+              f"({result['samples']} images, amp {result['amp']})")
+        print(format_table(result["per_class"], [("class", "class"), ("samples", "samples"),
+                                                 ("accuracy", "accuracy %")]), flush=True)
+    if plot is not None:
+        where = _draw(evaluation, plot)
+        if not args.json:
+            print(f"confusion matrix: {where}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 _EPILOG = """examples:
   convcanon train                                   ResNet-20 on the embedded digits (the main job, ~1 min on 2 cores)
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..parallel import strategy_for
     from ..train.config import config_from_args
-    from ..train.run import NonFiniteLossError, train
+    from ..train.run import NonFiniteLossError, RunInterrupted, train
     from ..train.rundir import resume_config
 
     cfg, given = config_from_args(args)
@@ -53,4 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", "0")) == 0:  # every rank stops at the same check; one says why
             print(f"convcanon train: {err}")
         return 3
+    except RunInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"convcanon train: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0

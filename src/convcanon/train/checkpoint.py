@@ -208,6 +208,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise ValueError(f"{path} is an incomplete convcanon checkpoint: it lacks {missing}")
+    for key in ("step", "epoch", "batch_in_epoch"):
+        if type(obj[key]) is not int or obj[key] < 0:
+            raise ValueError(f"{path} is not a valid convcanon checkpoint: its {key} is {obj[key]!r}, not a "
+                             "non-negative integer")
+    for key, kind in (("model", dict), ("config", dict), ("classes", list)):
+        if not isinstance(obj[key], kind):
+            raise ValueError(f"{path} is not a valid convcanon checkpoint: its {key} is a {type(obj[key]).__name__}, "
+                             f"not a {kind.__name__}")
     return obj
 
 

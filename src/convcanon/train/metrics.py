@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, refused_write
 
 
 class MetricsLog:
@@ -26,7 +26,8 @@ class MetricsLog:
             return
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
-        self._file = self.path.open("a", buffering=1)
+        with refused_write(self.path):
+            self._file = self.path.open("a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -48,7 +49,8 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(record) + "\n")
+        with refused_write(self.path):
+            self._file.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

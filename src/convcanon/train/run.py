@@ -15,6 +15,8 @@ checkpoint; last the final weights (``model.safetensors``) and ``summary.json``.
 from __future__ import annotations
 
 import itertools
+import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..io import atomic_write_json, atomic_write_text
+from ..io import RunLock, atomic_write_json, atomic_write_text, remove_stale_temps
 from ..registry import create_model, model_info, model_options
 from . import checkpoint as ckpt
 from . import engine as engine_lib
@@ -34,7 +36,8 @@ from .distributed import restart_count
 from .metrics import MetricsLog
 from .optim import Plan, lr_at
 from .reproducibility import restore_rng_state, seed_everything, set_deterministic
-from .rundir import default_run_dir, prepare_new_run_dir, restarted_run, run_facts
+from .rundir import claim_new_run_dir, default_run_dir, restarted_run, run_facts
+from .signals import RunInterrupted, StopSignals
 from .step import NonFiniteLossError
 from .strategy import SingleDevice, Strategy
 
@@ -44,7 +47,7 @@ class RunResult:
     run_dir: Path
     steps: int
     epochs_done: int
-    plan: Plan
+    plan: Plan | None  # None when the run had finished before (nothing was trained)
     final: dict[str, Any] = field(default_factory=dict)  # last evaluation
     best_top1: float | None = None
     seconds: float = 0.0
@@ -91,6 +94,7 @@ class Run:
         self.step, self.epoch, self.start_batch = 0, 0, 0
         self.best_top1: float | None = None
         self.final: dict[str, Any] = {}
+        self.saved_step: int | None = None
 
     def say(self, msg: str) -> None:
         if self.ctx.is_main:
@@ -100,37 +104,69 @@ class Run:
         t_start = time.perf_counter()
         self.strategy.check(self.cfg)
         self.ctx = self.strategy.setup(self.cfg)
-        self._claim_run_dir()
-        self._build()
-        self._write_run_files()
-        self.train_seconds = 0.0
+        self.lock: RunLock | None = None
         try:
-            while self.epoch < self.plan.epochs and not self._run_epoch():
-                pass
+            self._claim_run_dir()
+            if self.finished is not None:
+                return self._already_finished()
+            self._build()
+            self._write_run_files()
+            self.train_seconds = 0.0
+            with StopSignals() as self.signals:
+                try:
+                    while self.epoch < self.plan.epochs and not self._run_epoch():
+                        pass
+                finally:
+                    self.progress.close()
+            seconds = time.perf_counter() - t_start
+            self._finish(seconds)
         finally:
-            self.progress.close()
-        seconds = time.perf_counter() - t_start
-        self._finish(seconds)
-        self.log.close()
+            if getattr(self, "log", None) is not None:
+                self.log.close()
+            if self.lock is not None:
+                self.lock.release()
         self.strategy.teardown()
         return RunResult(self.run_dir, self.step, self.epoch, self.plan, self.final, self.best_top1, seconds)
 
     # ---- start
 
     def _claim_run_dir(self) -> None:
-        cfg = self.cfg
+        """Lock the run directory (a new one, or the one resumed) and read the newest valid checkpoint."""
+        cfg, main = self.cfg, self.ctx.is_main
         if self.resume is None and (restarted := restarted_run(cfg)) is not None:
             self.say(f"torchrun restart {restart_count()}: continuing the run in {restarted}")
             self.resume = restarted
         self.run_dir = Path(self.resume) if self.resume else Path(cfg.out) if cfg.out else default_run_dir(cfg)
-        if self.resume:
-            found = ckpt.load_latest(self.run_dir)
-            if found is not None:
-                self.state, path = found
-                self.strategy.check_resumable(self.state, self.run_dir, path)
-                self.say(f"resuming from {path} (step {self.state['step']})")
-        elif self.ctx.is_main:
-            prepare_new_run_dir(self.run_dir)
+        self.finished = None
+        if not self.resume:
+            self.lock = claim_new_run_dir(self.run_dir) if main else None
+            return
+        if main:
+            self.lock = RunLock(self.run_dir).acquire("convcanon train --resume")
+            remove_stale_temps(self.run_dir)  # what writes killed with the process before left behind
+        found = ckpt.load_latest(self.run_dir)
+        if found is None:
+            return
+        self.state, self.state_path = found
+        self.strategy.check_resumable(self.state, self.run_dir, self.state_path)
+        if self.state.get("model_name", cfg.model) != cfg.model:
+            raise ValueError(f"{self.state_path} is a checkpoint of {self.state['model_name']}, but the run in "
+                             f"{self.run_dir} trains {cfg.model}: remove the file that does not belong there")
+        summary = self.run_dir / "summary.json"
+        if self.state["epoch"] >= cfg.epochs and summary.exists():
+            self.finished = json.loads(summary.read_text())
+            return
+        self.say(f"resuming from {self.state_path} (step {self.state['step']})")
+
+    def _already_finished(self) -> RunResult:
+        """Resuming a run that has finished: say so and change nothing."""
+        done, final = self.finished, self.finished.get("final") or {}
+        top1 = f", test top-1 {final['top1']:.2f}%" if "top1" in final else ""
+        self.say(f"the run in {self.run_dir} is finished ({done.get('steps')} steps{top1}); nothing to do (pass a "
+                 f"larger --epochs than {self.cfg.epochs} to train it further)")
+        self.strategy.teardown()
+        return RunResult(self.run_dir, self.state["step"], self.state["epoch"], None, final, done.get("best_top1"),
+                         0.0)
 
     def _build(self) -> None:
         """Seeds, data, model, engine, plan, placement, and the checkpoint's state when resuming."""
@@ -148,8 +184,15 @@ class Run:
         self.plan = self.strategy.plan(cfg, self.data)
         self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
         if state is not None:
-            self.strategy.load_state(self.placement, state)
+            try:
+                self.strategy.load_state(self.placement, state)
+            except (RuntimeError, KeyError) as err:  # another model's weights, or a damaged optimizer state
+                raise ValueError(f"{self.state_path} does not fit this run ({cfg.model}): "
+                                 f"{str(err).strip().splitlines()[0][:300]}") from None
             self.step, self.epoch = state["step"], state["epoch"]
+            metrics = state.get("metrics", {})
+            if state["batch_in_epoch"] == 0 and "top1" in metrics:  # written at the end of an epoch: its evaluation
+                self.final = {k: v for k, v in metrics.items() if k != "best_top1"}
             self.start_batch = self.strategy.resume_position(state, cfg, self.plan, self.data, self.say)
             self.best_top1 = state.get("metrics", {}).get("best_top1")
 
@@ -157,14 +200,9 @@ class Run:
         cfg, ctx, info, plan = self.cfg, self.ctx, self.data.info, self.plan
         lines, extra = self.strategy.describe(self.placement)
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.state is None:
                 atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            atomic_write_json(self.run_dir / "run.json", {
-                "plan": plan.__dict__, "amp": self.engine.amp, "engine": self.engine.as_dict(),
-                "world_size": ctx.world_size, "backend": ctx.backend, "strategy": self.strategy.name, **extra,
-                **run_facts(ctx.device), "data": dict(info.__dict__),
-            })  # fmt: skip
+            atomic_write_json(self.run_dir / "run.json", self._run_record(extra))
         self.say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, "
                  f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device "
                  f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
@@ -172,7 +210,8 @@ class Run:
         for line in [*self.engine.describe(), *lines]:
             self.say(line)
         resumed = self.state is not None
-        self.log = MetricsLog(self.run_dir, enabled=ctx.is_main, resume_step=self.step if resumed else None)
+        # A resumed run's log is cut back to its checkpoint (to nothing when there was none yet).
+        self.log = MetricsLog(self.run_dir, enabled=ctx.is_main, resume_step=self.step if self.resume else None)
         if resumed:
             # Last: building the model and data consumed RNG; the checkpoint's state is what the next step expects.
             restore_rng_state(self.strategy.rank_rng(self.state, cfg))
@@ -182,6 +221,27 @@ class Run:
         self.loss_window = torch.zeros((), device=ctx.device)  # summed step losses since the last log line
         self.window_steps, self.window_images, self.window_t0 = 0, 0, time.perf_counter()
 
+    def _run_record(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """run.json: the plan, the engine, the strategy, the machine and the data. A resume keeps the command that
+        started the run and appends its own to ``resumes``."""
+        ctx = self.ctx
+        record = {
+            "plan": self.plan.__dict__, "amp": self.engine.amp, "engine": self.engine.as_dict(),
+            "world_size": ctx.world_size, "backend": ctx.backend, "strategy": self.strategy.name, **extra,
+            **run_facts(ctx.device), "data": dict(self.data.info.__dict__),
+        }  # fmt: skip
+        path = self.run_dir / "run.json"
+        if self.resume and path.exists():
+            try:
+                before = json.loads(path.read_text())
+            except (OSError, ValueError):
+                before = {}
+            resumes = [*before.get("resumes", []), {"argv": record["argv"], "step": self.step,
+                                                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                    "world_size": ctx.world_size}]
+            record.update(argv=before.get("argv", record["argv"]), resumes=resumes)
+        return record
+
     # ---- the epochs
 
     def _run_epoch(self) -> bool:
@@ -189,6 +249,8 @@ class Run:
         cfg, plan = self.cfg, self.plan
         nb, k = plan.micro_batches_per_epoch, plan.accum_steps
         step_fn = self.placement.step
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return True
         batches = iter(self.strategy.train_batches(self.data, self.epoch, cfg, self.start_batch))
         self.placement.model.train()
         step_fn.net.train()
@@ -203,6 +265,8 @@ class Run:
             position = group_start + count
             if self._after_step(position, nb, lr):
                 return True
+            if self.strategy.any_process(self.signals.received is not None):
+                self._stop_on_signal(position)
         self.epoch += 1
         self.start_batch = 0
         return False
@@ -224,6 +288,15 @@ class Run:
         elif reached_max or checkpoint_now:
             self._save(position, self.epoch, {"best_top1": self.best_top1})
         return reached_max
+
+    def _stop_on_signal(self, position: int) -> None:
+        """A stop signal reached a process: every process checkpoints where it is (unless this step just did) and the
+        run ends, resumable."""
+        if self.saved_step != self.step:
+            self._check_finite()
+            self._save(position, self.epoch, {"best_top1": self.best_top1})
+        self.progress.close()
+        raise RunInterrupted(self.signals.received or signal.SIGTERM, self.step, self.run_dir)
 
     def _check_finite(self) -> None:
         first = self.placement.step.watch.first_bad_step(self.ctx)
@@ -264,6 +337,7 @@ class Run:
         self._save(0, self.epoch + 1, {**final, "best_top1": self.best_top1}, best=is_best)
 
     def _save(self, batch_in_epoch: int, epoch: int, metrics: dict[str, Any], best: bool = False) -> None:
+        self.saved_step = self.step
         part = self.strategy.checkpoint_state(self.placement)  # a collective; None except on the main process
         if part is None:
             return
@@ -294,7 +368,9 @@ class Run:
             self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%) in "
                      f"{seconds:.1f} s; weights in {run_dir / 'model.safetensors'}")
         else:
-            self.say(f"stopped after {self.step} steps in {seconds:.1f} s; continue with --resume {run_dir}")
+            why = f" (--max-steps {self.cfg.max_steps})" if self.cfg.max_steps else ""
+            self.say(f"stopped at step {self.step}{why} after {seconds:.1f} s; continue with: convcanon train --resume "
+                     f"{run_dir}")
 
 
 def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
@@ -322,4 +398,4 @@ def _progress(enabled: bool, plan: Plan, initial: int, say):
     return tqdm(total=plan.total_steps, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
 
-__all__ = ["NonFiniteLossError", "Run", "RunResult", "build_model", "eval_line", "train"]
+__all__ = ["NonFiniteLossError", "Run", "RunInterrupted", "RunResult", "build_model", "eval_line", "train"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..io import LOCK_NAME, RunLock, refused_write
 from . import distributed
 from .config import RESUME_OVERRIDABLE, TrainConfig, config_from_dict, load_yaml
 
@@ -31,14 +33,31 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model}-{data}-{stamp}"
 
 
-def prepare_new_run_dir(path: Path) -> None:
+def claim_new_run_dir(path: Path, what: str = "convcanon train") -> RunLock:
+    """Create ``path`` (or take an empty one) and lock it for this process, before anything else is written in it.
+
+    Refused: a path that is a file, lies under a file, or is a dangling symlink; a directory another live process owns
+    (named); a directory that already holds a run (continue it with --resume) or anything else. Locking comes before
+    the emptiness check, so of two runs started on the same ``--out`` one wins and the other is told who.
+    """
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"--out {path} is a symbolic link to nothing ({os.readlink(path)}): remove it or pick "
+                         "another --out")
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path}: exists and is not a directory")
-    if path.exists() and any(path.iterdir()):
+    try:
+        with refused_write(path):
+            path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {path}: a part of this path is a file, not a directory; pick another --out") from None
+    lock = RunLock(path).acquire(what)
+    content = [p.name for p in path.iterdir() if p.name != LOCK_NAME]
+    if content:
+        lock.release()
         if (path / "config.yaml").exists():
             raise ValueError(f"--out {path} already holds a run: continue it with --resume {path}, or pick a new --out")
         raise ValueError(f"--out {path} is not empty: pick a new or empty directory")
-    path.mkdir(parents=True, exist_ok=True)
+    return lock
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any], given: set[str]) -> TrainConfig:
@@ -48,9 +67,14 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any], given: set[str
     if not cfg_path.exists():
         raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a convcanon run directory?")
     saved = load_yaml(cfg_path)
+    if "out" in given and overrides.get("out") and Path(overrides["out"]).resolve() != run_dir.resolve():
+        raise ValueError(f"--resume {run_dir} --out {overrides['out']}: a resumed run continues in its own directory; "
+                         "drop --out (to start a new run from these weights, use a new --out without --resume)")
+    # --max-steps stops this invocation; it is not part of the run: a resume without it trains to the end.
+    saved["max_steps"] = overrides.get("max_steps", 0) if "max_steps" in given else 0
     conflicts = []
     for key in sorted(given):
-        if key in ("out",):
+        if key in ("out", "max_steps"):
             continue
         if key in RESUME_OVERRIDABLE:
             saved[key] = overrides[key]
@@ -85,4 +109,4 @@ def run_facts(device: torch.device) -> dict[str, Any]:
     }  # fmt: skip
 
 
-__all__ = ["default_run_dir", "git_commit", "prepare_new_run_dir", "restarted_run", "resume_config", "run_facts"]
+__all__ = ["claim_new_run_dir", "default_run_dir", "git_commit", "restarted_run", "resume_config", "run_facts"]

@@ -56,6 +56,7 @@ class Strategy:
 
     def __init__(self) -> None:
         self.ctx: distributed.DistContext | None = None
+        self._control = None
 
     # ---- before anything is written
 
@@ -64,7 +65,18 @@ class Strategy:
 
     def setup(self, cfg: Any) -> distributed.DistContext:
         self.ctx = distributed.setup(cfg.device, cfg.dist_backend, cfg.dist_timeout)
+        # Control messages (a stop signal) travel on the CPU, whatever the backend of the training collectives.
+        self._control = torch.distributed.new_group(backend="gloo") if self.ctx.distributed else None
         return self.ctx
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process (a collective every process calls after each step: a CPU
+        all-reduce over gloo, no device sync)."""
+        if self._control is None:
+            return flag
+        t = torch.tensor([int(flag)])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self._control)
+        return bool(t.item())
 
     def teardown(self) -> None:
         distributed.teardown(self.ctx)
