@@ -12,11 +12,11 @@ resize is torch's antialiased bilinear on float pixels instead of PIL's (they ar
 level). Expect a few grey levels of mean absolute difference, not bit equality; a run is bit-exact only under one
 ``decode`` setting (pin it, rather than ``auto``, to resume bit-exactly on another machine).
 
-Fallbacks, per sample, never a crash (a file that cannot be read any more goes to the CPU path, which reports it,
-``stale``): the worker sniffs each file's header with PIL (no decode: cheap) and decodes
+Fallbacks, per sample, never a crash: the worker sniffs each file's header with PIL (no decode: cheap) and decodes
 on the CPU, as the CPU path does, every file nvJPEG should not see: not a JPEG (PNG, ...), not 3-channel YCbCr
 (greyscale, CMYK/YCCK, Adobe RGB), or MPO. A JPEG the GPU decoder refuses anyway (a batch call fails, then that file
-alone fails) is decoded on the CPU in the main process and sent to the workers' CPU path in later epochs.
+alone fails) is decoded on the CPU in the main process and sent to the workers' CPU path in later epochs. A file that
+cannot be read any more goes to the CPU path too, which reports it (``stale``).
 
 EXIF orientation: ``decode_jpeg``'s ``apply_exif_orientation`` is implemented on the CPU only (torchvision docs,
 0.19-0.29), so the orientation read from the header is applied here (``orient``), with PIL's ``exif_transpose`` table.
