@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decode every file of an image folder and list the bad ones",
         description="Check an ImageFolder tree (DIR/train/CLASS/IMAGE, DIR/val/CLASS/IMAGE) the way training\n"
                     "does before step 1: every file is decoded in full; truncated, corrupt, empty and non-image\n"
-                    "files are listed with their path and reason. Hidden files and folders (.name) are ignored.",
+                    "files are listed with their path and reason, and so are symlink loops, dangling links and\n"
+                    "unreadable entries. Hidden files and folders (.name) are ignored. Names are printed escaped\n"
+                    "(a newline as \\n); --json gives them exactly.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.scan import MAX_BAD_FRACTION, scan_folder
+    from ..data.walk import shown
 
     if args.workers < 0:
         raise ValueError(f"--workers must be 0 or more, got {args.workers}")
@@ -51,10 +54,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0 if accepted else 1
     if bad_rows:
-        emit(bad_rows, [("split", "split"), ("path", "path"), ("reason", "reason")], False)
+        # Names are printed escaped: a newline or an escape sequence in a file name cannot forge or erase a line.
+        rows = [{**row, "path": shown(row["path"])} for row in bad_rows]
+        emit(rows, [("split", "split"), ("path", "path"), ("reason", "reason")], False)
         print()
     for path in report.ignored:
-        print(f"ignored (not inside a class folder): {path}")
+        print(f"ignored (not inside a class folder): {shown(path)}")
     summary = report.summary()
     emit([summary], [("files", "files"), ("classes", "classes"), ("train_images", "train images"),
                      ("val_images", "val images"), ("bad", "bad"), ("bad_percent", "bad %"), ("ignored", "ignored")],

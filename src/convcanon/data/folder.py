@@ -14,16 +14,22 @@ on the GPU with nvJPEG (``gpu_decode``: same samples, same crops, pixels within 
 uses the GPU only on a CUDA device and only when it is faster: the first batches requested for a CUDA device time a
 sample of 64 files both ways (``throughput.choose_decode``) and print the choice with both figures. On a CPU device
 "auto" is "cpu", and "gpu" is an error.
+
+A file that decoded at the scan but fails when a batch reads it (deleted, truncated or replaced since) never crashes
+a worker: it stops the run with ``BadDataError`` naming the file, or under ``skip_bad`` is replaced by the next file of
+its class that decodes (training) or left out (evaluation), within the scan's 1% budget (``stale``).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -41,9 +47,10 @@ from .base import (
     shard_range,
 )
 from .decode import check_decode
-from .images import load_rgb
-from .memory import check_num_classes
-from .scan import MAX_BAD_FRACTION, ScanReport, scan_folder
+from .memory import check_num_classes, check_side
+from .scan import MAX_BAD_FRACTION, ScanReport, decode_checked, scan_folder
+from .stale import SUBSTITUTE_TRIES, Stale, StaleFiles, collate_checked
+from .walk import shown
 
 if TYPE_CHECKING:
     from .throughput import DecodeChoice
@@ -64,28 +71,59 @@ def eval_transform(size: int) -> v2.Compose:
 
 class ImageFiles(Dataset):
     """Indexed by ``(index, seed)``: the image at ``index`` through the training transform seeded by ``seed``, or
-    through the evaluation transform when ``seed`` is None. Returns a uint8 (3, S, S) tensor and the label."""
+    through the evaluation transform when ``seed`` is None. Returns a uint8 (3, S, S) tensor, the label, and a
+    ``Stale`` record when the file failed (None when it decoded): then the pixels are those of the next file of its
+    class that decodes (training under ``skip_bad``) or zeros, which the main process never uses."""
 
-    def __init__(self, files: Sequence[tuple[str, int]], size: int):
+    def __init__(self, files: Sequence[tuple[str, int]], size: int, *, skip_bad: bool = False):
         self.paths = [p for p, _ in files]
         self.labels = [label for _, label in files]
         self.size = size
+        self.skip_bad = skip_bad
         self.train_tf, self.eval_tf = train_transform(size), eval_transform(size)
         self.gpu_refused: set[int] = set()  # files the GPU decoder refused: the workers decode them on the CPU
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int | None]) -> tuple[Tensor, int]:
+    def __getitem__(self, key: tuple[int, int | None]) -> tuple[Tensor, int, Stale | None]:
         index, seed = key
-        img = load_rgb(self.paths[index])
+        img, stale = self._image(index, substitute=self.skip_bad and seed is not None)
+        if img is None:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[index], stale
         if seed is None:
-            return self.eval_tf(img), self.labels[index]
+            return self.eval_tf(img), self.labels[index], stale
         # torchvision's random transforms draw from the global CPU generator: seed it inside fork_rng (CPU only,
         # so a CUDA generator is neither saved nor reseeded) and the caller's state comes back untouched.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            return self.train_tf(img), self.labels[index]
+            return self.train_tf(img), self.labels[index], stale
+
+    def _image(self, index: int, substitute: bool) -> tuple[Image.Image | None, Stale | None]:
+        """The decoded file at ``index``, or with ``substitute`` the next of its class that decodes; a ``Stale``
+        record when the file failed."""
+        img, reason = decode_checked(self.paths[index])
+        if reason is None:
+            return img, None
+        failed = [(self.paths[index], reason)]
+        if substitute:
+            members = self._members[self.labels[index]]
+            at = members.index(index)
+            for k in range(1, min(SUBSTITUTE_TRIES, len(members) - 1) + 1):
+                other = self.paths[members[(at + k) % len(members)]]
+                img, why = decode_checked(other)
+                if why is None:
+                    return img, Stale(tuple(failed), other)
+                failed.append((other, why))
+        return None, Stale(tuple(failed))
+
+    @cached_property
+    def _members(self) -> dict[int, list[int]]:
+        """The indices of each class, in file order (built on the first file that fails)."""
+        out: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            out.setdefault(label, []).append(i)
+        return out
 
 
 class _Batches:
@@ -112,16 +150,19 @@ class FolderSource:
     """An ImageFolder tree checked by ``scan_folder``; see the module docstring for order and randomness."""
 
     def __init__(self, report: ScanReport, *, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 2,
-                 skipped: int = 0, num_classes: int | None = None, decode: str = "auto"):
+                 skipped: int = 0, num_classes: int | None = None, decode: str = "auto", skip_bad: bool = False,
+                 max_bad_fraction: float = MAX_BAD_FRACTION):
         check_decode(decode)
-        n_classes = check_num_classes(num_classes, len(report.classes), f"the folder {report.root}")
+        check_side(image_size)
+        n_classes = check_num_classes(num_classes, len(report.classes), f"the folder {shown(report.root)}")
         root = Path(report.root).absolute()  # the spec must reopen the data from any working directory
         self.report = report
         self.workers = workers
         self.decode = decode
         self._choices: dict[torch.device, DecodeChoice] = {}
-        self._train = ImageFiles(report.train, image_size)
-        self._test = ImageFiles(report.val, image_size)
+        self._train = ImageFiles(report.train, image_size, skip_bad=skip_bad)
+        self._test = ImageFiles(report.val, image_size, skip_bad=skip_bad)
+        self._stale = StaleFiles(report, skip_bad=skip_bad, max_bad_fraction=max_bad_fraction)
         self.info = DataInfo(
             name="folder", num_classes=n_classes, classes=report.classes, in_chans=3, image_size=image_size,
             train_size=len(report.train), test_size=len(report.val), mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -185,9 +226,11 @@ class FolderSource:
         # A private generator: the DataLoader draws its workers' base seed from it instead of from the global RNG
         # (the pixels never depend on it, each sample is seeded on its own).
         loader = DataLoader(files, batch_sampler=batches, num_workers=self.workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(0))
-        for x, y in loader:
-            yield self._normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+                            collate_fn=collate_checked, generator=torch.Generator().manual_seed(0))
+        for x, y, stale in loader:
+            x, y = self._usable(x, y, stale, training=batches.seed_of is not None)
+            if len(y):
+                yield self._normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
     def _gpu_batches(self, files: ImageFiles, batches: _Batches,
                      device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
@@ -198,7 +241,20 @@ class FolderSource:
                             collate_fn=collate_encoded, generator=torch.Generator().manual_seed(0))
         to_pixels = GpuBatches(files, files.size)
         for batch in loader:
-            yield self._normalize(to_pixels(batch, device)), batch.labels.to(device, non_blocking=True)
+            x = to_pixels(batch, device)  # adds the stale rows of the files it decoded on the CPU to batch.stale
+            x, y = self._usable(x, batch.labels, batch.stale, training=batches.seed_of is not None)
+            if len(y):
+                yield self._normalize(x), y.to(device, non_blocking=True)
+
+    def _usable(self, x: Tensor, y: Tensor, stale: list[tuple[int, Stale]],
+                training: bool) -> tuple[Tensor, Tensor]:
+        """The batch without the rows ``StaleFiles`` leaves out; raises ``BadDataError`` when it cannot be used."""
+        drop = self._stale.rows_to_drop(stale, training)
+        if not drop:
+            return x, y
+        dropped = set(drop)
+        keep = [row for row in range(len(y)) if row not in dropped]
+        return x[keep], y[keep]
 
 
 def _rank_prefix() -> str:
@@ -214,6 +270,8 @@ def make_folder(path: str | Path, *, image_size: int | None = None, num_classes:
     """Scan the tree (every file decoded), stop on bad files unless ``skip_bad``, and open it for training;
     ``decode``: "auto" | "cpu" | "gpu" (see the module docstring)."""
     check_decode(decode)  # before the scan: a bad setting is an error before work starts
+    if image_size is not None:
+        check_side(image_size)
     report = scan_folder(path, progress=progress, workers=workers)
     return folder_from_report(report, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
                               workers=workers, decode=decode)
@@ -227,7 +285,9 @@ def folder_from_report(report: ScanReport, *, image_size: int | None = None, num
     every rank reads the same file list without decoding the whole tree again."""
     report.check(skip_bad=skip_bad, max_bad_fraction=max_bad_fraction)
     if report.bad:
-        print(f"skipping {len(report.bad)} bad files of {report.files} ({report.bad_fraction:.2%}) in {report.root}; "
-              f"`convcanon scan {report.root}` lists them", file=sys.stderr)
-    return FolderSource(report, image_size=image_size or DEFAULT_IMAGE_SIZE, workers=workers,
-                        skipped=len(report.bad), num_classes=num_classes, decode=decode)
+        root = shown(report.root)
+        print(f"skipping {len(report.bad)} bad files of {report.files} ({report.bad_fraction:.2%}) in {root}; "
+              f"`convcanon scan {root}` lists them", file=sys.stderr)
+    return FolderSource(report, image_size=DEFAULT_IMAGE_SIZE if image_size is None else image_size,
+                        workers=workers, skipped=len(report.bad), num_classes=num_classes, decode=decode,
+                        skip_bad=skip_bad, max_bad_fraction=max_bad_fraction)

@@ -15,7 +15,8 @@ level). Expect a few grey levels of mean absolute difference, not bit equality; 
 Fallbacks, per sample, never a crash: the worker sniffs each file's header with PIL (no decode: cheap) and decodes
 on the CPU, as the CPU path does, every file nvJPEG should not see: not a JPEG (PNG, ...), not 3-channel YCbCr
 (greyscale, CMYK/YCCK, Adobe RGB), or MPO. A JPEG the GPU decoder refuses anyway (a batch call fails, then that file
-alone fails) is decoded on the CPU in the main process and sent to the workers' CPU path in later epochs.
+alone fails) is decoded on the CPU in the main process and sent to the workers' CPU path in later epochs. A file that
+cannot be read any more goes to the CPU path too, which reports it (``stale``).
 
 EXIF orientation: ``decode_jpeg``'s ``apply_exif_orientation`` is implemented on the CPU only (torchvision docs,
 0.19-0.29), so the orientation read from the header is applied here (``orient``), with PIL's ``exif_transpose`` table.
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +42,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as tvF
+
+from .stale import Stale
+from .walk import shown
 
 # torchvision.transforms.v2.RandomResizedCrop's defaults, which folder.train_transform uses.
 SCALE = (0.08, 1.0)
@@ -169,6 +175,7 @@ class Sample:
     orientation: int = 1
     crop: CropFlip | None = None  # training samples: drawn from the displayed size
     pixels: Tensor | None = None  # (3, S, S) uint8: decoded on the CPU path
+    stale: Stale | None = None  # the file failed on the CPU path (see ``stale``)
 
 
 class EncodedFiles(Dataset):
@@ -185,13 +192,23 @@ class EncodedFiles(Dataset):
         index, seed, cpu_only = key
         label = self.files.labels[index]
         if not cpu_only:
-            data = Path(self.files.paths[index]).read_bytes()
-            header = sniff(data)
+            data = _read(self.files.paths[index])
+            header = sniff(data) if data is not None else None
             if header is not None:
                 crop = train_crop(seed, header.height, header.width) if seed is not None else None
                 return Sample(index, seed, label, data=data, orientation=header.orientation, crop=crop)
-        pixels, _ = self.files[index, seed]
-        return Sample(index, seed, label, pixels=pixels)
+        pixels, _, stale = self.files[index, seed]
+        return Sample(index, seed, label, pixels=pixels, stale=stale)
+
+
+def _read(path: str) -> bytes | None:
+    """The bytes of the regular file ``path``; None when it cannot be read (the CPU path then says why)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe put in its place would block the read
+            return None
+        return Path(path).read_bytes()
+    except OSError:
+        return None
 
 
 @dataclass
@@ -208,6 +225,7 @@ class EncodedBatch:
     crops: list[CropFlip | None]
     pixel_rows: list[int]  # batch positions of the samples decoded on the CPU
     pixels: Tensor | None  # (M, 3, S, S) uint8
+    stale: list[tuple[int, Stale]] = field(default_factory=list)  # rows whose file failed on the CPU path
 
     def encoded(self) -> list[Tensor]:
         return [self.data[a:b] for a, b in zip(self.offsets, self.offsets[1:], strict=False)]
@@ -225,6 +243,7 @@ def collate_encoded(samples: Sequence[Sample]) -> EncodedBatch:
         offsets=offsets, rows=[row for row, _ in enc], keys=[(s.index, s.seed) for _, s in enc],
         orientation=[s.orientation for _, s in enc], crops=[s.crop for _, s in enc],
         pixel_rows=[row for row, _ in dec], pixels=torch.stack([s.pixels for _, s in dec]) if dec else None,
+        stale=[(row, s.stale) for row, s in dec if s.stale is not None],
     )  # fmt: skip
 
 
@@ -250,8 +269,11 @@ class GpuBatches:
         for row, (index, seed), orientation, crop, img in zip(batch.rows, batch.keys, batch.orientation, batch.crops,
                                                                images, strict=True):
             if img is None:  # refused by the GPU decoder: the CPU path, here
+                pixels, _, stale = self.files[index, seed]
                 cpu_rows.append(row)
-                cpu.append(self.files[index, seed][0].unsqueeze(0))
+                cpu.append(pixels.unsqueeze(0))
+                if stale is not None:
+                    batch.stale.append((row, stale))
                 continue
             img = orient(img, orientation)
             if seed is None:
@@ -300,5 +322,5 @@ class GpuBatches:
         if len(refused) <= _MAX_REFUSALS_SHOWN:
             more = "; further refusals are not printed" if len(refused) == _MAX_REFUSALS_SHOWN else ""
             why = " ".join(str(err).split())[:200]
-            print(f"the GPU JPEG decoder refused {self.files.paths[index]} ({why}): decoded on the CPU instead{more}",
-                  file=sys.stderr)
+            print(f"the GPU JPEG decoder refused {shown(self.files.paths[index])} ({shown(why)}): decoded on the CPU "
+                  f"instead{more}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import math
+import os
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +48,8 @@ from .base import (
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 SYNTHETIC_SEED = 0
+MEMORY_SHARE = 0.5  # the most of this machine's memory in-memory data may take: the model and batches need the rest
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 class InMemorySource:
@@ -127,6 +130,41 @@ def check_labels(labels: Tensor, num_classes: int, where: str) -> None:
                          f"the data has more classes than num_classes={num_classes}")
 
 
+def memory_limit() -> int | None:
+    """Bytes of memory this process can have: the physical memory, or its container's limit (cgroup v2 or v1) when
+    lower; None when neither can be read."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown here
+        pass
+    for path in _CGROUP_LIMITS:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) means no limit; v1 writes a huge number, which min() ignores
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def check_fits(nbytes: int, what: str, fix: str) -> None:
+    """Refuse, before allocating, in-memory data of ``nbytes`` above ``MEMORY_SHARE`` of ``memory_limit()``;
+    ``what`` names the data, ``fix`` the setting to change."""
+    limit = memory_limit()
+    if limit is None or nbytes <= limit * MEMORY_SHARE:
+        return
+    allowed = limit * MEMORY_SHARE
+    raise ValueError(f"{what} needs {nbytes / 1e9:,.1f} GB of memory; this machine has {limit / 1e9:,.1f} GB, and "
+                     f"in-memory data may take at most {MEMORY_SHARE:.0%} of it ({allowed / 1e9:,.1f} GB): {fix}")
+
+
+def check_side(side: int) -> None:
+    """An image side the data can be resized or cropped to."""
+    if side < 1:
+        raise ValueError(f"image size must be at least 1 pixel, got {side}: set --image-size to a positive side")
+
+
 def check_num_classes(requested: int | None, actual: int, what: str) -> int:
     if requested is not None and requested != actual:
         raise ValueError(f"{what} has {actual} classes, but num_classes={requested} was asked for: "
@@ -195,7 +233,9 @@ def make_digits(*, image_size: int | None = None, num_classes: int | None = None
     # 17 grey levels 0..16 -> 0..255, rounded: the 8-bit scale every other data set uses.
     images = torch.from_numpy(np.rint(grey * 255 / 16).astype(np.uint8)).view(-1, 1, 8, 8)
     labels = torch.from_numpy(target)
-    size = image_size or 8
+    size = 8 if image_size is None else image_size
+    check_side(size)
+    check_fits(images.shape[0] * size * size, f"the digits resized to {size}x{size}", "lower --image-size")
     images = resize_uint8(images, size)
     check_num_classes(num_classes, 10, "the digits data set")
     train_idx, test_idx = digits_split(labels)
@@ -217,9 +257,13 @@ def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int 
                    size: int = 1024) -> InMemorySource:
     """Uniform random uint8 images and labels from a fixed seed (``size`` train, ``size // 4`` test), no
     augmentation: the same data path as the real sets, for throughput work."""
-    if min(in_chans, image_size, num_classes, size) < 1 or size // 4 < 1:
-        raise ValueError(f"synthetic data needs channels, side and classes >= 1 and at least 4 images; got "
+    if min(in_chans, image_size, size) < 1 or num_classes < 2 or size // 4 < 1:
+        raise ValueError(f"synthetic data needs channels and side >= 1, at least 2 classes and at least 4 images; got "
                          f"{in_chans} channels, side {image_size}, {num_classes} classes, {size} images")
+    spec = f"synthetic:{in_chans}:{image_size}:{num_classes}"
+    check_fits((size + size // 4) * in_chans * image_size * image_size,
+               f"{spec} ({size:,} + {size // 4:,} images of {in_chans}x{image_size}x{image_size} bytes)",
+               "lower the side S (or --image-size) or the channels C in synthetic:C:S:K")
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
     shape = (in_chans, image_size, image_size)
     train = (torch.randint(0, 256, (size, *shape), dtype=torch.uint8, generator=gen),
@@ -232,6 +276,6 @@ def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int 
         name="synthetic", num_classes=num_classes, classes=tuple(f"class_{k}" for k in range(num_classes)),
         in_chans=in_chans, image_size=image_size, train_size=size, test_size=size // 4,
         mean=(0.5,) * in_chans, std=(std,) * in_chans, source="random (torch.randint, seed 0)",
-        spec=f"synthetic:{in_chans}:{image_size}:{num_classes}", augment="none",
+        spec=spec, augment="none",
     )
     return InMemorySource(info, train, test, BatchAugment())

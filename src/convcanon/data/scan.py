@@ -1,26 +1,34 @@
 """The check of an ImageFolder tree that runs before step 1 (and as ``convcanon scan DIR``).
 
-Layout: ``DIR/train/CLASS/...`` and ``DIR/val/CLASS/...``, one folder per class, the same classes in both; files may
-sit in subfolders of a class folder. Names starting with "." (``.DS_Store``, ``.ipynb_checkpoints/``, ``.git/``) are
-ignored at every level; files directly in ``train/`` or ``val/`` belong to no class and are listed as ignored.
+Layout: ``DIR/train/CLASS/...`` and ``DIR/val/CLASS/...``, one folder per class, the same classes in both (at least
+two); files may sit in subfolders of a class folder. Names starting with "." (``.DS_Store``, ``.ipynb_checkpoints/``,
+``.git/``) are ignored at every level; files directly in ``train/`` or ``val/`` belong to no class and are listed as
+ignored.
 
-Structural problems (no train/ or val/, an empty class folder, class sets that differ) are errors found by listing
-the tree, before anything is decoded. Then every file is decoded in full, as training would, so a truncated,
-corrupt, empty or non-image file is found now, with its path and reason, and not as a crash deep in an epoch.
+Structural problems (no train/ or val/, an empty class folder, class sets that differ, a single class, a class name
+holding a line break or another control character) are errors found by listing the tree, before anything is decoded.
+The listing (``walk``) follows symlinks but enters each real folder once, so symlink loops cannot hang it; loops,
+dangling links, unreadable folders and files, and entries that are not regular files (a named pipe would block the
+reader) are bad entries with a reason. Then every file is decoded in full, as training would, so a truncated, corrupt,
+empty or non-image file is found now, with its path and reason, and not as a crash deep in an epoch. ``--skip-bad``
+leaves bad entries of every kind out while they are at most 1% of all; a file that goes bad after the scan is
+``folder``'s to handle (``BadDataError``). Every name is printed through ``walk.shown`` (escaped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from .images import IMAGE_EXTENSIONS, load_rgb
+from .walk import Entries, Walker, entries, not_regular, os_reason, shown, unsafe_chars
 
 SPLITS = ("train", "val")
 MAX_BAD_FRACTION = 0.01  # --skip-bad still stops above this: so many bad files mean a broken copy, not bad luck
@@ -36,9 +44,19 @@ class BadFile:
     reason: str
 
 
+class BadDataError(ValueError):
+    """A file of the data that cannot be used, found while reading batches (it changed after the scan): the message
+    names the file (escaped) and the reason; ``path`` and ``reason`` are the raw values."""
+
+    def __init__(self, message: str, *, path: str = "", reason: str = ""):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
 @dataclass(frozen=True)
 class ScanReport:
-    """What ``scan_folder`` found: the usable files per split (path, class index), the bad ones, the ignored ones."""
+    """What ``scan_folder`` found: the usable files per split (path, class index), the bad entries, the ignored
+    ones."""
 
     root: str
     classes: tuple[str, ...]
@@ -49,7 +67,7 @@ class ScanReport:
 
     @property
     def files(self) -> int:
-        """Files decoded (usable + bad)."""
+        """Entries checked (usable files + bad entries)."""
         return len(self.train) + len(self.val) + len(self.bad)
 
     @property
@@ -64,10 +82,11 @@ class ScanReport:
         }
 
     def check(self, *, skip_bad: bool = False, max_bad_fraction: float = MAX_BAD_FRACTION) -> None:
-        """Raise ValueError listing every bad file, unless ``skip_bad`` and at most ``max_bad_fraction`` are bad;
+        """Raise ValueError listing every bad entry, unless ``skip_bad`` and at most ``max_bad_fraction`` are bad;
         raise too if a split, or a class's training images, would be left empty."""
+        root = shown(self.root)
         if self.bad and (not skip_bad or self.bad_fraction > max_bad_fraction):
-            listing = "\n".join(f"  {b.path}: {b.reason}" for b in self.bad)
+            listing = "\n".join(f"  {shown(b.path)}: {b.reason}" for b in self.bad)
             if skip_bad:
                 advice = (f"--skip-bad leaves out at most {max_bad_fraction:.0%} of the files; this many bad files "
                           f"points to a broken copy of the data: fix it")
@@ -75,115 +94,177 @@ class ScanReport:
                 advice = (f"fix or remove them, or pass --skip-bad to leave them out (allowed while at most "
                           f"{max_bad_fraction:.0%} of the files are bad)")
             raise ValueError(f"{len(self.bad)} bad files of {self.files} ({self.bad_fraction:.2%}) in "
-                             f"{self.root}:\n{listing}\n{advice}")
+                             f"{root}:\n{listing}\n{advice}")
         for split, files in (("train", self.train), ("val", self.val)):
             if not files:
-                raise ValueError(f"{Path(self.root) / split} holds no usable image")
+                raise ValueError(f"{shown(Path(self.root) / split)} holds no usable image")
         have = {label for _, label in self.train}
         lost = [c for k, c in enumerate(self.classes) if k not in have]
         if lost:
             raise ValueError(f"no usable training image left in class folder(s) "
-                             f"{', '.join(str(Path(self.root) / 'train' / c) for c in lost)}")
+                             f"{', '.join(shown(Path(self.root) / 'train' / c) for c in lost)}")
+
+
+def decode_checked(path: str) -> tuple[Image.Image | None, str | None]:
+    """``(image, None)`` when ``path`` decodes in full as training reads it, else ``(None, why not)``. A path that
+    is not a regular file is never opened (a named pipe would block)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None, ("a folder, not a file" if stat.S_ISDIR(st.st_mode) else not_regular(st.st_mode))
+        if st.st_size == 0:
+            return None, "empty file (0 bytes)"
+        return load_rgb(path), None
+    except UnidentifiedImageError:
+        suffix = Path(path).suffix.lower()
+        if suffix in IMAGE_EXTENSIONS:
+            why = f"the {shown(suffix)} content is in no format PIL recognizes"
+            return None, f"corrupt: not decodable as an image ({why})"
+        return None, f"not an image ({shown(suffix) or 'no extension'}; no image format recognized)"
+    except Image.DecompressionBombError as err:
+        return None, f"too large to decode safely: {shown(str(err))}"
+    except OSError as err:
+        if err.errno is not None:  # the file system's error (missing, permission denied, ...), not the decoder's
+            return None, os_reason(err)
+        kind = "truncated" if "truncat" in str(err).lower() else "corrupt"
+        return None, f"{kind}: {shown(str(err))}"
+    except Exception as err:  # decoders raise many types (SyntaxError, struct.error, ...) on damaged data
+        return None, f"corrupt: {type(err).__name__}: {shown(str(err))}"
 
 
 def check_file(path: str) -> str | None:
     """Why ``path`` cannot be used as a training image, or None if it decodes in full."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
-        load_rgb(path)
-    except UnidentifiedImageError:
-        suffix = Path(path).suffix.lower()
-        if suffix in IMAGE_EXTENSIONS:
-            return f"corrupt: not decodable as an image (the {suffix} content is in no format PIL recognizes)"
-        return f"not an image ({suffix or 'no extension'}; no image format recognized)"
-    except Image.DecompressionBombError as err:
-        return f"too large to decode safely: {err}"
-    except OSError as err:
-        kind = "truncated" if "truncat" in str(err).lower() else "corrupt"
-        return f"{kind}: {err}"
-    except Exception as err:  # decoders raise many types (SyntaxError, struct.error, ...) on damaged data
-        return f"corrupt: {type(err).__name__}: {err}"
-    return None
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def _list_class(folder: Path) -> list[str]:
-    """Every non-hidden file under ``folder``, recursively, sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        out += [os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f)]
-    return out
+    return decode_checked(path)[1]
 
 
 def _some(names: Sequence[str], limit: int = 20) -> str:
-    """``names`` joined, at most ``limit`` of them (a flat ImageNet val/ would list 1,000)."""
+    """``names`` escaped and joined, at most ``limit`` of them (a flat ImageNet val/ would list 1,000)."""
     if not names:
         return "-"
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+    return ", ".join(shown(n) for n in names[:limit]) + more
 
 
 def _layout_error(root: Path, problem: str) -> ValueError:
-    return ValueError(f"{root}: {problem}. Expected an ImageFolder tree: {root}/train/CLASS/IMAGE and "
-                      f"{root}/val/CLASS/IMAGE, one folder per class, the same classes in both")
+    root_shown = shown(root)
+    return ValueError(f"{root_shown}: {problem}. Expected an ImageFolder tree: {root_shown}/train/CLASS/IMAGE and "
+                      f"{root_shown}/val/CLASS/IMAGE, one folder per class, the same classes in both")
 
 
-def list_tree(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
-    """Classes, (path, class index) per split, and ignored files; raise on a structural problem."""
-    if not root.exists():
-        raise FileNotFoundError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise _layout_error(root, "is not a folder")
-    missing = [f"{s}/" for s in SPLITS if not (root / s).is_dir()]
+@dataclass
+class Tree:
+    """What listing a tree found: classes, (path, class index) per split, the entries that cannot be used (with
+    their reason), the ignored files, and a stamp that changes when any file is added, removed, renamed, rewritten
+    or touched."""
+
+    classes: tuple[str, ...]
+    files: dict[str, list[tuple[str, int]]]
+    unlisted: list[BadFile] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    stamp: str = ""
+
+
+def _stat_folder(path: Path) -> os.stat_result | None:
+    """The stat of the folder ``path``; None when there is no folder there; ValueError when it cannot be reached."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ValueError(f"{shown(path)}: {os_reason(err)}") from None
+    return st if stat.S_ISDIR(st.st_mode) else None
+
+
+def _list_folder(path: Path) -> Entries:
+    try:
+        return entries(str(path))
+    except OSError as err:
+        raise ValueError(f"{shown(path)}: {os_reason(err)}: the folder cannot be listed") from None
+
+
+def _list_splits(root: Path, walker: Walker) -> dict[str, Entries]:
+    """Each split's entries; raises on a missing split, one that cannot be listed, or one that is another folder."""
+    if (root_st := _stat_folder(root)) is None:
+        if os.path.exists(root):
+            raise _layout_error(root, "is not a folder")
+        dangling = " (a dangling link)" if os.path.islink(root) else ""
+        raise FileNotFoundError(f"data folder {shown(root)} does not exist{dangling}")
+    walker.enter(str(root), root_st)
+    _list_folder(root)  # a root that cannot be listed is an error here, not "no train/ folder"
+    found = {split: _stat_folder(root / split) for split in SPLITS}
+    missing = [f"{s}/" for s in SPLITS if found[s] is None]
     if missing:
         raise _layout_error(root, f"no {' or '.join(missing)} folder")
-    class_sets, ignored = {}, []
+    splits = {}
     for split in SPLITS:
-        entries = sorted(e for e in os.listdir(root / split) if _visible(e))
-        class_sets[split] = [e for e in entries if (root / split / e).is_dir()]
-        loose = [str(root / split / e) for e in entries if not (root / split / e).is_dir()]
-        if loose and not class_sets[split]:
+        why = walker.enter(str(root / split), found[split])
+        if why:
+            raise _layout_error(root, f"{split}/ {why}: train/ and val/ must be two separate folders")
+        splits[split] = _list_folder(root / split)
+    return splits
+
+
+def _check_classes(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:
+    """The class names: the folders of train/, which val/ must match; at least two; no line-breaking name."""
+    names = {split: [Path(p).name for p, _ in splits[split].folders] for split in SPLITS}
+    for split in SPLITS:
+        if splits[split].files and not names[split]:
             # ImageNet's val archive extracts flat; the labels are in the devkit.
-            raise _layout_error(root, f"{split}/ holds {len(loose)} files but no class folder: sort them into "
-                                      f"{split}/CLASS/ folders")
-        ignored += loose
-    if not class_sets["train"]:
+            raise _layout_error(root, f"{split}/ holds {len(splits[split].files)} files but no class folder: sort "
+                                      f"them into {split}/CLASS/ folders")
+    if not names["train"]:
         raise _layout_error(root, "train/ holds no class folder")
-    only_train = sorted(set(class_sets["train"]) - set(class_sets["val"]))
-    only_val = sorted(set(class_sets["val"]) - set(class_sets["train"]))
+    only_train = sorted(set(names["train"]) - set(names["val"]))
+    only_val = sorted(set(names["val"]) - set(names["train"]))
     if only_train or only_val:
-        raise ValueError(
-            f"{root}: train/ and val/ must hold the same class folders; "
-            f"only in train/: {_some(only_train)}; only in val/: {_some(only_val)}"
-        )
-    classes = tuple(class_sets["train"])
-    files: dict[str, list[tuple[str, int]]] = {}
-    empty = []
+        unread = [f"{shown(b)} ({why})" for split in SPLITS for b, why in splits[split].problems]
+        note = f"; not read as class folders: {', '.join(unread)}" if unread else ""
+        raise ValueError(f"{shown(root)}: train/ and val/ must hold the same class folders; "
+                         f"only in train/: {_some(only_train)}; only in val/: {_some(only_val)}{note}")
+    unsafe = [f"{shown(root / 'train' / n)} (holds {unsafe_chars(n)})" for n in names["train"] if unsafe_chars(n)]
+    if unsafe:
+        raise ValueError(f"class folder name(s) with a line break or another control character: {', '.join(unsafe)}. "
+                         "Class names are stored one per line with the run and its weights, where such a character "
+                         "would split or forge a name: rename the folder in train/ and val/")
+    if len(names["train"]) < 2:
+        raise ValueError(f"{shown(root)} holds a single class ({shown(names['train'][0])}); a classifier needs at "
+                         f"least two: add a folder per class to train/ and val/")
+    return tuple(names["train"])
+
+
+def list_tree(root: Path) -> Tree:
+    """List ``root``'s tree (see the module docstring); raise on a structural problem."""
+    walker = Walker()
+    splits = _list_splits(root, walker)
+    classes = _check_classes(root, splits)
+    tree = Tree(classes, {split: [] for split in SPLITS})
+    tree.ignored = [path for split in SPLITS for path, _ in splits[split].files]
+    tree.unlisted = [BadFile(split, path, why) for split in SPLITS for path, why in splits[split].problems]
+    # Every class folder is entered before any is walked, so a link into another class (or the other split) is
+    # found from the link's side, and the class folder itself keeps its files.
+    walk = []
     for split in SPLITS:
-        files[split] = []
+        folders = {Path(p).name: (p, st) for p, st in splits[split].folders}
         for label, name in enumerate(classes):
-            found = _list_class(root / split / name)
-            if not found:
-                empty.append(str(root / split / name))
-            files[split] += [(path, label) for path in found]
+            path, st = folders[name]
+            why = walker.enter(path, st)
+            if why:
+                tree.unlisted.append(BadFile(split, path, why))
+            else:
+                walk.append((split, label, path))
+    digest = hashlib.blake2b(repr((classes, tree.unlisted)).encode())
+    empty = []
+    for split, label, path in walk:
+        listing = walker.list(path)
+        if not listing.files and not listing.problems:
+            empty.append(path)
+        tree.files[split] += [(p, label) for p, _, _ in listing.files]
+        tree.unlisted += [BadFile(split, p, why) for p, why in listing.problems]
+        digest.update(repr((split, label, listing.files, listing.problems)).encode())
     if empty:
         raise ValueError(f"empty class folder(s), every class needs images in train/ and val/: {_some(empty)}")
-    return classes, files, ignored
-
-
-def _signature(files: dict[str, list[tuple[str, int]]], classes: Sequence[str]) -> str:
-    """Changes when a file is added, removed, renamed, rewritten or touched."""
-    digest = hashlib.blake2b(repr(tuple(classes)).encode())
-    for split in SPLITS:
-        for path, label in files[split]:
-            st = os.stat(path)
-            digest.update(repr((split, path, label, st.st_size, st.st_mtime_ns)).encode())
-    return digest.hexdigest()
+    tree.stamp = digest.hexdigest()
+    return tree
 
 
 def _decode_all(paths: list[str], progress: bool, workers: int) -> list[str | None]:
@@ -211,25 +292,26 @@ def scan_folder(path: str | Path, *, progress: bool = True, workers: int = 0, ca
     """List and decode every file of the ImageFolder tree at ``path``.
 
     Raises FileNotFoundError if ``path`` does not exist and ValueError for a structural problem (see the module
-    docstring); bad files do not raise here but are listed in the report (``ScanReport.check`` decides). With
+    docstring); bad entries do not raise here but are listed in the report (``ScanReport.check`` decides). With
     ``cache``, a tree whose files are unchanged (same paths, sizes and modification times) is not decoded twice in
     one process.
     """
     root = Path(path).expanduser()
-    classes, files, ignored = list_tree(root)
-    key = (str(root.resolve()), _signature(files, classes))
+    tree = list_tree(root)
+    key = (os.path.realpath(root), tree.stamp)
     if cache and key in _CACHE:
         return _CACHE[key]
-    ordered = [(split, p, label) for split in SPLITS for p, label in files[split]]
+    ordered = [(split, p, label) for split in SPLITS for p, label in tree.files[split]]
     reasons = _decode_all([p for _, p, _ in ordered], progress, workers)
     good: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
-    bad = []
+    bad = list(tree.unlisted)
     for (split, p, label), reason in zip(ordered, reasons, strict=True):
         if reason is None:
             good[split].append((p, label))
         else:
             bad.append(BadFile(split, p, reason))
-    report = ScanReport(str(root), classes, tuple(good["train"]), tuple(good["val"]), tuple(bad), tuple(ignored))
+    report = ScanReport(str(root), tree.classes, tuple(good["train"]), tuple(good["val"]), tuple(bad),
+                        tuple(tree.ignored))
     if cache:
         while len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))

@@ -43,7 +43,10 @@ def _sync(device: torch.device) -> None:
 
 def warm_page_cache(source, indices: list[int]) -> None:
     for i in indices:
-        Path(source._train.paths[i]).read_bytes()
+        try:
+            Path(source._train.paths[i]).read_bytes()
+        except OSError:  # gone since the scan: the timed paths read it again and report it (``stale``)
+            pass
 
 
 def cpu_per_worker(source, indices: list[int], seed: int = 0) -> float:
