@@ -42,10 +42,45 @@ def test_a_writer_that_fails_midway_leaves_the_old_file_and_no_temp(tmp_path):
         f.write(b"new but incomp")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    # A refused write becomes a WriteError naming the file and the free space.
+    with pytest.raises(io.WriteError, match=r"cannot write .*data.bin: the disk is full \([\d,.]+ MiB free\)"):
         io.atomic_write(path, half_then_fail)
     assert path.read_bytes() == b"old"
     assert _listing(tmp_path) == ["data.bin"]
+
+
+@pytest.mark.parametrize(("code", "words"), [(30, "read-only"), (13, "permission denied"), (122, "quota")])
+def test_every_refusal_names_the_file_and_the_reason(tmp_path, code, words):
+    def refuse(f):
+        raise OSError(code, "refused")
+
+    with pytest.raises(io.WriteError, match=words):
+        io.atomic_write(tmp_path / "x.bin", refuse)
+    assert _listing(tmp_path) == []
+
+
+def test_torch_saves_full_disk_error_is_recognized_and_other_errors_pass_through(tmp_path):
+    def zip_writer_full(f):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 2048000 vs 2047888")
+
+    with pytest.raises(io.WriteError, match="the disk is full"):
+        io.atomic_write(tmp_path / "c.pt", zip_writer_full)
+
+    def bug(f):
+        raise RuntimeError("a bug, not the disk")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        io.atomic_write(tmp_path / "c.pt", bug)
+
+
+def test_the_run_lock_has_one_owner_at_a_time_and_names_it(tmp_path):
+    first = io.RunLock(tmp_path).acquire("the first")
+    with pytest.raises(io.RunLockedError, match=rf"in use by pid {os.getpid()} on .* \(the first, since"):
+        io.RunLock(tmp_path).acquire("the second")
+    first.release()
+    with io.RunLock(tmp_path).acquire("the second") as second:
+        assert second.held
+    assert not second.held
 
 
 def test_a_failed_rename_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         # The disk refused a write (full, read-only, no permission): what was written before is intact.
         print(f"convcanon {args.command}: error: {err.strerror}", file=sys.stderr)
         return EXIT_WRITE_REFUSED
+    except OSError as err:  # a file that cannot be read (permissions, a vanished mount): named, without a traceback
+        where = f" {err.filename}" if err.filename else ""
+        print(f"convcanon {args.command}: error:{where}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ class Run:
             print(msg, file=self.out_stream, flush=True)
 
     def execute(self) -> RunResult:
+        from ..data.scan import BadDataError
+
         t_start = time.perf_counter()
         self.strategy.check(self.cfg)
         self.ctx = self.strategy.setup(self.cfg)
@@ -116,6 +118,10 @@ class Run:
                 try:
                     while self.epoch < self.plan.epochs and not self._run_epoch():
                         pass
+                except BadDataError as err:  # a file changed after the scan, found while reading a batch
+                    raise BadDataError(f"{err}; the run stopped at step {self.step} and its checkpoints are intact: "
+                                       f"fix the data (or pass --skip-bad), then continue with: convcanon train "
+                                       f"--resume {self.run_dir}", path=err.path, reason=err.reason) from None
                 finally:
                     self.progress.close()
             seconds = time.perf_counter() - t_start
@@ -358,7 +364,7 @@ class Run:
         info, final, run_dir = self.data.info, self.final, self.run_dir
         ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata={
             "model": self.cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
-            "classes": "\n".join(info.classes), "convcanon": __version__,
+            "classes": json.dumps(list(info.classes)), "convcanon": __version__,
         })  # fmt: skip
         atomic_write_json(run_dir / "summary.json", {
             "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
