@@ -27,6 +27,7 @@ class Layout(NamedTuple):
     label_key: bytes
     names_key: bytes
     folder: str  # the folder the archive from the CIFAR site extracts
+    num_classes: int
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -35,8 +36,9 @@ class Layout(NamedTuple):
 
 LAYOUTS = {
     "cifar10": Layout(tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", b"labels",
-                      b"label_names", "cifar-10-batches-py"),
-    "cifar100": Layout(("train",), "test", "meta", b"fine_labels", b"fine_label_names", "cifar-100-python"),
+                      b"label_names", "cifar-10-batches-py", 10),
+    "cifar100": Layout(("train",), "test", "meta", b"fine_labels", b"fine_label_names", "cifar-100-python",
+                       100),
 }
 
 # What numpy needs to rebuild an array from a pickle, under numpy 1 and numpy 2 module names, and how protocol 2
@@ -117,6 +119,8 @@ def make_cifar(name: str, path: str | Path, *, image_size: int | None = None,
     if not isinstance(meta, dict) or layout.names_key not in meta:
         raise ValueError(f"{root / layout.meta_file} lacks the class names {layout.names_key!r}")
     classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout.names_key])
+    if len(classes) != layout.num_classes:
+        raise ValueError(f"{root / layout.meta_file} names {len(classes)} classes; {name} has {layout.num_classes}")
     n_classes = check_num_classes(num_classes, len(classes), f"{name} at {root} ({layout.meta_file})")
     parts = [_split(root / f, layout.label_key) for f in layout.train_files]
     train = (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))

@@ -41,7 +41,7 @@ from .base import (
     shard_range,
 )
 from .decode import check_decode
-from .images import load_rgb
+from .images import DEFAULT_IMAGE_SIZE, load_rgb
 from .memory import check_num_classes
 from .scan import MAX_BAD_FRACTION, ScanReport, scan_folder
 
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_SIZE = 224
 
 
 def train_transform(size: int) -> v2.Compose:

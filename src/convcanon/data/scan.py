@@ -133,8 +133,9 @@ def _layout_error(root: Path, problem: str) -> ValueError:
                       f"{root}/val/CLASS/IMAGE, one folder per class, the same classes in both")
 
 
-def list_tree(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
-    """Classes, (path, class index) per split, and ignored files; raise on a structural problem."""
+def tree_classes(root: Path) -> tuple[tuple[str, ...], list[str]]:
+    """The class folders of the tree at ``root`` and the loose files of ``train/`` and ``val/``, from listing those
+    two folders only (no class folder is walked, no file opened); raise on a structural problem of that level."""
     if not root.exists():
         raise FileNotFoundError(f"data folder {root} does not exist")
     if not root.is_dir():
@@ -161,7 +162,12 @@ def list_tree(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, in
             f"{root}: train/ and val/ must hold the same class folders; "
             f"only in train/: {_some(only_train)}; only in val/: {_some(only_val)}"
         )
-    classes = tuple(class_sets["train"])
+    return tuple(class_sets["train"]), ignored
+
+
+def list_tree(root: Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
+    """Classes, (path, class index) per split, and ignored files; raise on a structural problem."""
+    classes, ignored = tree_classes(root)
     files: dict[str, list[tuple[str, int]]] = {}
     empty = []
     for split in SPLITS:
