@@ -153,31 +153,46 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConf
     return cfg
 
 
+MAX_IMAGE_SIZE = 4096  # a side past this is a typo (a 4096x4096 input is ~100x ImageNet's per image)
+MAX_SEED = 2**63  # seeds are 63-bit (data.base.derive_seed)
+
+# The valid range of every numeric setting: (key, is the value in range?, the range in words).
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    *((key, lambda v: v >= 1, "an integer >= 1") for key in (
+        "epochs", "batch_size", "accum_steps", "base_batch", "keep_checkpoints", "log_every", "pipeline_stages",
+        "microbatches")),
+    *((key, lambda v: v >= 0, "an integer >= 0") for key in ("checkpoint_every", "max_steps", "workers")),
+    ("seed", lambda v: 0 <= v < MAX_SEED, "an integer in [0, 2**63)"),
+    ("image_size", lambda v: v is None or 1 <= v <= MAX_IMAGE_SIZE, f"a side in pixels from 1 to {MAX_IMAGE_SIZE}"),
+    ("lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("gamma", lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    *((key, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0") for key in (
+        "weight_decay", "warmup_epochs", "aux_weight", "grad_clip")),
+    ("dist_timeout", lambda v: math.isfinite(v) and v > 0, "a number of seconds > 0"),
+    ("milestones", lambda v: all(m >= 0 for m in v) and v == sorted(set(v)), "increasing epochs >= 0"),
+    ("pipeline_split", lambda v: all(n >= 1 for n in v), "layers per stage, each >= 1"),
+)
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config key: ``batch_size`` -> ``--batch-size``."""
+    return "--" + key.replace("_", "-")
+
+
 def validate(cfg: TrainConfig, where: str = "config") -> None:
-    """Range checks that do not need the data or the model."""
-    positive = ("epochs", "batch_size", "accum_steps", "base_batch", "keep_checkpoints", "log_every")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{where}: {key} must be >= 1; got {getattr(cfg, key)}")
-    for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "aux_weight", "grad_clip", "momentum"):
-        if getattr(cfg, key) < 0 or not math.isfinite(getattr(cfg, key)):
-            raise ValueError(f"{where}: {key} must be a finite number >= 0; got {getattr(cfg, key)}")
-    if cfg.lr == 0:
-        raise ValueError(f"{where}: lr must be > 0")
-    if cfg.label_smoothing >= 1:
-        raise ValueError(f"{where}: label_smoothing must be < 1; got {cfg.label_smoothing}")
+    """Every range check that needs neither the data nor the model; each error names the flag and its valid range."""
+    for key, ok, valid in _RANGES:
+        value = getattr(cfg, key)
+        if not ok(value):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise ValueError(f"{where}: {flag_name(key)} must be {valid}; got {shown}")
     if cfg.warmup_epochs > cfg.epochs:
-        raise ValueError(f"{where}: warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
-    if cfg.schedule == "step" and sorted(cfg.milestones) != list(cfg.milestones):
-        raise ValueError(f"{where}: milestones must be increasing epochs; got {cfg.milestones}")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ValueError(f"{where}: image_size must be >= 1; got {cfg.image_size}")
-    for key in ("checkpoint_every", "max_steps", "workers"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"{where}: {key} must be >= 0; got {getattr(cfg, key)}")
+        raise ValueError(f"{where}: --warmup-epochs ({cfg.warmup_epochs}) must be at most --epochs ({cfg.epochs})")
     if cfg.decode == "gpu" and cfg.device == "cpu":
-        raise ValueError(f"{where}: decode gpu decodes JPEGs on a CUDA device, and device is cpu: use decode auto or "
-                         "cpu")
+        raise ValueError(f"{where}: --decode gpu decodes JPEGs on a CUDA device, and --device is cpu: use --decode "
+                         "auto or cpu")
     _validate_scaling(cfg, where)
 
 
@@ -185,27 +200,20 @@ def _validate_scaling(cfg: TrainConfig, where: str) -> None:
     from .distributed import BACKENDS
 
     if cfg.dist_backend is not None and cfg.dist_backend not in BACKENDS:
-        raise ValueError(f"{where}: dist_backend must be one of {', '.join(BACKENDS)}; got {cfg.dist_backend!r}")
-    if not cfg.dist_timeout > 0 or not math.isfinite(cfg.dist_timeout):
-        raise ValueError(f"{where}: dist_timeout must be a number of seconds > 0; got {cfg.dist_timeout}")
-    for key in ("pipeline_stages", "microbatches"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{where}: {key} must be >= 1; got {getattr(cfg, key)}")
+        raise ValueError(f"{where}: --dist-backend must be one of {', '.join(BACKENDS)}; got {cfg.dist_backend!r}")
     if cfg.pipeline_split and len(cfg.pipeline_split) != cfg.pipeline_stages:
-        raise ValueError(f"{where}: pipeline_split gives {len(cfg.pipeline_split)} stage sizes "
-                         f"{cfg.pipeline_split} for pipeline_stages {cfg.pipeline_stages}: give one per stage")
-    if any(n < 1 for n in cfg.pipeline_split):
-        raise ValueError(f"{where}: pipeline_split sizes must be >= 1 layer each; got {cfg.pipeline_split}")
+        raise ValueError(f"{where}: --pipeline-split gives {len(cfg.pipeline_split)} stage sizes "
+                         f"{cfg.pipeline_split} for --pipeline-stages {cfg.pipeline_stages}: give one per stage")
     if cfg.pipeline_stages > 1:
         if cfg.batch_size % cfg.microbatches:
-            raise ValueError(f"{where}: batch_size {cfg.batch_size} must be a multiple of microbatches "
+            raise ValueError(f"{where}: --batch-size {cfg.batch_size} must be a multiple of --microbatches "
                              f"{cfg.microbatches} (the pipeline splits each batch into equal micro-batches)")
         if cfg.accum_steps != 1:
-            raise ValueError(f"{where}: accum_steps must be 1 with pipeline_stages > 1: the pipeline accumulates "
+            raise ValueError(f"{where}: --accum-steps must be 1 with --pipeline-stages > 1: the pipeline accumulates "
                              "over its micro-batches already (raise --batch-size and --microbatches instead)")
         if cfg.sync_bn:
-            raise ValueError(f"{where}: sync_bn is for data parallelism; a pipeline has one replica (batch norm sees "
-                             "each micro-batch: see the README's pipeline section)")
+            raise ValueError(f"{where}: --sync-bn is for data parallelism; a pipeline has one replica (batch norm "
+                             "sees each micro-batch: see the README's pipeline section)")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
