@@ -240,14 +240,25 @@ def dump_yaml(cfg: TrainConfig) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line: one flag per field, generated from the dataclass so the two can never disagree.
 
-# Flags whose choices need more than their names (the rest say their default only).
+# What each flag means, for the flags whose name and default do not say it all; every command that takes the flag shows
+# this text (``add_shared_flags``), so it means the same thing everywhere.
 _FLAG_HELP = {
+    "model": "a model of the zoo (`convcanon models` lists them)",
+    "model_options": "a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
+    "data": "the data set: digits, synthetic[:C[:S[:K]]], cifar10:PATH, cifar100:PATH, folder:PATH or PATH (an "
+            "ImageFolder tree)",
+    "batch_size": "images per device in each step (a micro-batch under --accum-steps); the global batch is this x "
+                  "processes x --accum-steps",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
     "amp": "autocast precision: auto = bf16 where the GPU (Ampere+) or CPU (AVX512-BF16/AMX) computes in bf16 "
            "natively, else off (fp32); fp16 uses a loss scaler, CUDA only",
     "channels_last": "NHWC memory format; auto = on, except for models with local response norm",
     "compile": "torch.compile the model; auto = on CUDA (capability >= 7.0), off on CPU where it does not pay",
+    "deterministic": "deterministic kernels (turns cuDNN autotuning off)",
+    "device": "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)",
     "image_size": "input side: the crop of folder data (224 if not given) or a resize of in-memory data (their own "
                   "size if not given)",
+    "workers": "DataLoader worker processes for folder data",
     "dist_backend": "torch.distributed backend (not given: nccl on CUDA, gloo on CPU)",
     "out": "run directory (not given: runs/<model>-<data>-<time>)",
     "activation_checkpointing": "recompute ResNet blocks in backward: about half the activation memory for ~1/3 more "
@@ -255,6 +266,24 @@ _FLAG_HELP = {
     "decode": "where folder data's JPEGs are decoded: cpu = PIL in the DataLoader workers, gpu = nvJPEG on the CUDA "
               "device in batches, auto = gpu only on CUDA and only when timing 64 files says it is faster",
 }
+
+# The groups of flags other commands share with train (``add_shared_flags``).
+MODEL_FLAGS = ("model", "model_options")
+DATA_FLAGS = ("data", "image_size", "workers", "decode")
+ENGINE_FLAGS = ("amp", "channels_last", "compile", "deterministic", "device")
+
+_TRAIN_DEFAULT: Any = object()
+
+
+@dataclass(frozen=True)
+class FlagOverride:
+    """How a command other than train takes one of train's flags: the meaning, type and choices stay train's."""
+
+    default: Any = _TRAIN_DEFAULT  # the command's own default (its help states it); unset: TrainConfig's
+    default_text: str | None = None  # the default in words, where its value does not say it
+    note: str = ""  # what the flag does in this command, after the shared help
+    extra_choices: tuple[str, ...] = ()  # values only this command takes (estimate's --amp tf32)
+    aliases: tuple[str, ...] = ()  # further names (estimate's --precision for --amp)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -274,35 +303,57 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per TrainConfig field; every default is None (= not given)."""
+    """Add ``--config`` and one flag per TrainConfig field; every default is None (= not given: the YAML's value, else
+    the dataclass default, which the help states)."""
     parser.add_argument("--config", metavar="FILE.yaml", help="load settings from a YAML file; flags override it")
-    hints = _field_types()
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "model_options":
-            parser.add_argument(
-                "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-                help="a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
-            )  # fmt: skip
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        annotation = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        helptext = f"(default: {default})"
-        if f.name in _FLAG_HELP:  # a None default is explained there ("not given: ...")
-            helptext = _FLAG_HELP[f.name] if default is None and "not given" in _FLAG_HELP[f.name] else \
-                f"{_FLAG_HELP[f.name]} {helptext}"
-        args = typing.get_args(annotation)
-        if annotation is bool or set(args) == {bool, type(None)}:  # bool | None: not given = the default (auto)
-            if default is None:
-                helptext = helptext.replace("(default: None)", "(default: auto)")
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        elif typing.get_origin(annotation) is Literal:
-            parser.add_argument(flag, dest=f.name, choices=args, default=None, help=helptext)
-        elif typing.get_origin(annotation) is list:
-            parser.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, help=helptext)
-        else:
-            base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
-            parser.add_argument(flag, dest=f.name, type=base, default=None, help=helptext)
+        _add_flag(parser, f.name, FlagOverride(), given_only=True)
+
+
+def add_shared_flags(parser: argparse.ArgumentParser, keys: tuple[str, ...],
+                     overrides: dict[str, FlagOverride] | None = None) -> None:
+    """Add train's flags for the TrainConfig fields ``keys`` to another command's ``parser``: the same names, types,
+    choices and help, so that a flag means the same thing in every command. ``overrides`` gives a command its own
+    default or note for a flag (``FlagOverride``); the parsed defaults are values (TrainConfig's unless overridden),
+    except ``--model-option``'s, None for no option."""
+    for key in keys:
+        _add_flag(parser, key, (overrides or {}).get(key, FlagOverride()), given_only=False)
+
+
+def _in_words(default: Any, is_bool: bool) -> str:
+    if is_bool:
+        return {None: "auto", True: "on", False: "off"}[default]
+    return "none" if default in ({}, []) else str(default)
+
+
+def _add_flag(parser: argparse.ArgumentParser, key: str, override: FlagOverride, *, given_only: bool) -> None:
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+    annotation = _field_types()[key]
+    args = typing.get_args(annotation)
+    is_bool = annotation is bool or set(args) == {bool, type(None)}  # bool | None: None = auto
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if override.default is not _TRAIN_DEFAULT:
+        default = override.default
+    core = _FLAG_HELP.get(key, "")
+    shown = override.default_text or _in_words(default, is_bool)
+    # A None default the help explains ("not given: ...") needs no "(default: None)".
+    helptext = core if default is None and "not given" in core and not override.default_text else \
+        f"{core} (default: {shown})".strip()
+    if override.note:
+        helptext = f"{helptext}; {override.note}"
+    names = ("--model-option" if key == "model_options" else "--" + key.replace("_", "-"), *override.aliases)
+    value = None if given_only or key == "model_options" else default
+    if key == "model_options":
+        parser.add_argument(*names, dest=key, action="append", metavar="KEY=VALUE", default=None, help=helptext)
+    elif is_bool:
+        parser.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=value, help=helptext)
+    elif typing.get_origin(annotation) is Literal:
+        parser.add_argument(*names, dest=key, choices=(*args, *override.extra_choices), default=value, help=helptext)
+    elif typing.get_origin(annotation) is list:
+        parser.add_argument(*names, dest=key, type=int, nargs="+", default=value, help=helptext)
+    else:
+        base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
+        parser.add_argument(*names, dest=key, type=base, default=value, help=helptext)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
