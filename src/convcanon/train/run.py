@@ -29,6 +29,7 @@ from . import checkpoint as ckpt
 from . import engine as engine_lib
 from .config import TrainConfig, dump_yaml, to_dict
 from .distributed import restart_count
+from .evaluate import eval_batch_size
 from .metrics import MetricsLog
 from .optim import Plan, lr_at
 from .reproducibility import restore_rng_state, seed_everything, set_deterministic
@@ -232,7 +233,7 @@ class Run:
 
     def _evaluate_and_save(self) -> None:
         t_eval = time.perf_counter()
-        final = self.strategy.evaluate(self.placement, self.data, self.engine, max(self.cfg.batch_size, 256))
+        final = self.strategy.evaluate(self.placement, self.data, self.engine, eval_batch_size(self.cfg.batch_size))
         self.window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
         is_best = self.best_top1 is None or final["top1"] > self.best_top1
         self.best_top1 = final["top1"] if is_best else self.best_top1
