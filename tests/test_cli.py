@@ -85,6 +85,8 @@ SHARED = {  # the flags each command shares with train
     "eval": ("--data", "--image-size", "--batch-size", "--amp", "--device"),
     "bench": ("--model", "--model-option", "--batch-size", "--data", "--image-size", "--workers", "--decode", "--amp",
               "--channels-last", "--compile", "--deterministic", "--device", "--activation-checkpointing"),
+    "estimate": ("--model", "--model-option", "--data", "--image-size", "--batch-size", "--amp", "--device",
+                 "--channels-last", "--compile", "--optimizer"),
 }  # fmt: skip
 
 
@@ -103,3 +105,20 @@ def test_bench_keeps_its_defaults_and_says_so(capsys):
     bench = _options("bench")
     assert (bench["--model"].default, bench["--batch-size"].default) == ("resnet50", 32)
     assert "train's is resnet20" in bench["--model"].help and "train's is 64" in bench["--batch-size"].help
+
+
+def test_estimate_batch_is_per_device_and_amp_is_precision(capsys):
+    import json
+
+    def row(*argv):
+        assert main(["estimate", "--model", "resnet50", "--device", "a100", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)[0]
+
+    eight = row("--devices", "8", "--batch-size", "32")
+    assert (eight["per_device_batch"], eight["global_batch"]) == (32, 256)  # as in train: per device
+    assert row("--devices", "8", "--global-batch", "256") == eight
+    assert row("--amp", "bf16") == row("--precision", "bf16") == row()  # auto is bf16 on an A100, as train's engine
+    assert row("--amp", "off")["precision"] == row("--amp", "fp32")["precision"] == "fp32"
+    assert main(["estimate", "--model", "resnet50", "--device", "a100", "--batch-size", "32", "--global-batch",
+                 "256"]) == 2  # fmt: skip
+    assert "not both" in capsys.readouterr().err
