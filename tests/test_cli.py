@@ -87,6 +87,8 @@ SHARED = {  # the flags each command shares with train
               "--channels-last", "--compile", "--deterministic", "--device", "--activation-checkpointing"),
     "estimate": ("--model", "--model-option", "--data", "--image-size", "--batch-size", "--amp", "--device",
                  "--channels-last", "--compile", "--optimizer"),
+    "experiment": ("--device",),
+    "report": ("--device",),
 }  # fmt: skip
 
 
