@@ -6,9 +6,11 @@ recipe's optimizer), so the figure is what a run's steps cost. A few warm-up ste
 primitive caches, cuDNN autotuning), then steps on synthetic data until the time budget is spent, each timed on its
 own (the GPU synchronized after each). The mean step time is the measurement: a run's wall-clock is a sum of steps, so
 on a machine shared with other work the slow steps count as they will in the run; the median and the extremes show
-the spread. Then the evaluation forward pass at the run's evaluation batch (``train.evaluate.eval_batch_size``), and
-the warm-up's time beyond its steps' share, which a run pays once (``startup_s``). What it leaves out: the input
-pipeline (the data are synthetic tensors already on the device).
+the spread. Then the evaluation forward pass at the run's evaluation batch (``train.evaluate.eval_batch_size``), a
+checkpoint write (the model's and optimizer's state, written atomically into a temporary folder as a run writes its
+checkpoints), and the warm-up's time beyond its steps' share, which a run pays once (``startup_s``). What it leaves
+out: the input pipeline (the data are synthetic tensors already on the device) and a run's set-up (opening the data,
+building the model, writing the run's files).
 """
 
 from __future__ import annotations
