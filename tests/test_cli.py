@@ -72,3 +72,55 @@ def test_models_json_for_one_family(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == {f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
     assert {r["params"] for r in rows if r["name"].endswith("56")} == {853_018}
+
+
+def _options(command: str) -> dict[str, object]:
+    """Option string -> argparse action of ``convcanon COMMAND``."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {name: action for action in sub._actions for name in action.option_strings}
+
+
+SHARED = {  # the flags each command shares with train
+    "eval": ("--data", "--image-size", "--batch-size", "--amp", "--device"),
+    "bench": ("--model", "--model-option", "--batch-size", "--data", "--image-size", "--workers", "--decode", "--amp",
+              "--channels-last", "--compile", "--deterministic", "--device", "--activation-checkpointing"),
+    "estimate": ("--model", "--model-option", "--data", "--image-size", "--batch-size", "--amp", "--device",
+                 "--channels-last", "--compile", "--optimizer"),
+    "experiment": ("--device",),
+    "report": ("--device",),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(SHARED))
+def test_a_shared_flag_means_the_same_in_every_command(command):
+    train, other = _options("train"), _options(command)
+    for flag in SHARED[command]:
+        ours, theirs = other[flag], train[flag]
+        assert ours.dest == theirs.dest and ours.type == theirs.type and type(ours) is type(theirs), flag
+        assert set(theirs.choices or ()) <= set(ours.choices or ()), flag
+        meaning = theirs.help.split(" (default:")[0]
+        assert ours.help.startswith(meaning), (flag, ours.help)
+
+
+def test_bench_keeps_its_defaults_and_says_so(capsys):
+    bench = _options("bench")
+    assert (bench["--model"].default, bench["--batch-size"].default) == ("resnet50", 32)
+    assert "train's is resnet20" in bench["--model"].help and "train's is 64" in bench["--batch-size"].help
+
+
+def test_estimate_batch_is_per_device_and_amp_is_precision(capsys):
+    import json
+
+    def row(*argv):
+        assert main(["estimate", "--model", "resnet50", "--device", "a100", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)[0]
+
+    eight = row("--devices", "8", "--batch-size", "32")
+    assert (eight["per_device_batch"], eight["global_batch"]) == (32, 256)  # as in train: per device
+    assert row("--devices", "8", "--global-batch", "256") == eight
+    assert row("--amp", "bf16") == row("--precision", "bf16") == row()  # auto is bf16 on an A100, as train's engine
+    assert row("--amp", "off")["precision"] == row("--amp", "fp32")["precision"] == "fp32"
+    assert main(["estimate", "--model", "resnet50", "--device", "a100", "--batch-size", "32", "--global-batch",
+                 "256"]) == 2  # fmt: skip
+    assert "not both" in capsys.readouterr().err

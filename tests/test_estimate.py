@@ -11,7 +11,10 @@ throughput; PRECISION_EFFICIENCY[tf32] on DLE's 1x A100 TF32 throughput; EPOCH_O
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -126,7 +129,7 @@ def test_source_constants_are_their_calibration():
 
 
 def test_one_device_scales_perfectly_and_more_devices_lose_efficiency():
-    effs = [estimate("resnet50", device="p100", devices=d, batch_size=32 * d).scaling_efficiency for d in (1, 8, 256)]
+    effs = [estimate("resnet50", device="p100", devices=d, batch_size=32).scaling_efficiency for d in (1, 8, 256)]
     assert effs[0] == pytest.approx(1.0)
     assert effs[0] > effs[1] > effs[2]
 
@@ -239,9 +242,11 @@ def test_pipeline_stages_when_the_weights_alone_do_not_fit():
         (dict(device="a100", data="imagenet21k"), "--data"),
         (dict(device="a100", data=None, images=-5), "--images"),
         (dict(device="a100", epochs=0), "--epochs"),
-        (dict(device="a100", precision="fp8"), "--precision"),
-        (dict(device="p100", precision="bf16"), "--precision"),
-        (dict(device="a100", devices=8, batch_size=100), "--batch-size"),
+        (dict(device="a100", precision="fp8"), "--amp"),
+        (dict(device="p100", precision="bf16"), "--amp bf16 has no fast path"),
+        (dict(device="a100", devices=8, batch_size=0), "--batch-size"),
+        (dict(device="a100", devices=8, global_batch=100), "--global-batch 100 must be a multiple of --devices 8"),
+        (dict(device="a100", batch_size=64, global_batch=512), "not both"),
         (dict(device="a100", devices=2, parallel="towers"), "two-tower"),
         (dict(device="gtx580", devices=4, parallel="towers"), "--devices 2"),
         (dict(device="a100", optimizer="lamb"), "--optimizer"),
@@ -265,21 +270,49 @@ def test_unknown_device_lists_the_choices():
 
 
 def test_measure_feeds_the_estimate():
-    # The digits' shape (1x8x8) and a tiny batch: this checks the plumbing, the slow test below the prediction.
+    # The digits' shape (1x8x8) and a tiny batch: this checks the plumbing, the slow tests below the prediction.
     m = measure_local("resnet20", batch_size=4, image_size=8, num_classes=10, seconds=0.05, warmup_steps=1,
                       model_options={"in_chans": 1})
     assert m.steps >= 3 and m.step_min_s <= m.step_s <= m.step_max_s and m.input_size == (1, 8, 8)
+    assert m.eval_image_s > 0 and m.checkpoint_s > 0 and m.startup_s >= 0
     flops = measure_workload("resnet20", num_classes=10, image_size=8, in_chans=1).flops_per_image
     assert m.achieved_tflops == pytest.approx(flops * m.images_per_s / 1e12)
     e = estimate("resnet20", data="digits", measured=m, batch_size=4, epochs=2)
     assert e.images_per_s == pytest.approx(m.images_per_s)  # one device, the measured batch: the measured rate
-    assert e.epoch_s == pytest.approx(360 * m.step_s + e.eval_s + e.overhead_s)  # ceil(1437 / 4) steps
+    # convcanon train's epoch: floor(1437 / 4) steps (the incomplete batch is dropped), its evaluation of the 360
+    # test images and its checkpoint write, as measured; the warm-up once.
+    assert e.eval_s == pytest.approx(360 * m.eval_image_s) and e.overhead_s == pytest.approx(m.checkpoint_s)
+    assert e.epoch_s == pytest.approx(359 * m.step_s + e.eval_s + e.overhead_s)
+    assert e.total_s == pytest.approx(m.startup_s + 2 * e.epoch_s)
     with pytest.raises(ValueError, match="--devices 1"):
         estimate("resnet20", data="digits", measured=m, devices=2)
     with pytest.raises(ValueError, match="measurement is of resnet20"):
         estimate("resnet32", data="digits", measured=m)
     with pytest.raises(ValueError, match="--device"):
         estimate("resnet20", data="digits", measured=m, device="cpu")
+    other = "fp32" if m.precision == "bf16" else "bf16"
+    with pytest.raises(ValueError, match=f"--amp {other} differs from the measured run's {m.precision}"):
+        estimate("resnet20", data="digits", measured=m, precision=other)
+
+
+def test_measure_times_the_engine_step_with_train_defaults(monkeypatch):
+    from convcanon.train.engine import DeviceFacts
+    from convcanon.train.step import TrainStep
+
+    calls = []
+    real = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    m = measure_local("resnet20", image_size=8, num_classes=10, seconds=0.05, warmup_steps=1,
+                      model_options={"in_chans": 1})
+    assert len(calls) == 1 + m.steps  # every timed step (and the warm-up) is the engine's TrainStep
+    assert m.batch_size == convcanon.train.TrainConfig().batch_size  # train's default batch, per device
+    # --amp auto resolved as the engine resolves it for convcanon train on this machine.
+    assert m.precision == ("bf16" if DeviceFacts.of("cpu").bf16 else "fp32")
+    assert any("channels-last" in line and "auto" in line for line in m.engine)
+    assert measure_local("resnet20", image_size=8, num_classes=10, seconds=0.01, warmup_steps=1, amp="off",
+                         model_options={"in_chans": 1}).precision == "fp32"
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
+        measure_local("resnet20", amp="fp16", device="cpu", seconds=0.01)
 
 
 def _timed_run(steps: int, batch: int) -> float:
@@ -312,12 +345,52 @@ def test_measure_predicts_a_short_local_run():
     try:
         ratios = []
         for _ in range(3):
-            m = measure_local("resnet20", batch_size=64, image_size=32, num_classes=10, seconds=2.0)
-            predicted = estimate("resnet20", data="cifar10", images=64 * 20, val_images=0, epochs=1, batch_size=64,
-                                 epoch_overhead_s=0, measured=m).total_s
+            # The engine's step with what the plain loop does: fp32, NCHW (train's auto would pick bf16 and NHWC).
+            m = measure_local("resnet20", batch_size=64, image_size=32, num_classes=10, seconds=2.0, amp="off",
+                              channels_last=False)
+            e = estimate("resnet20", data="cifar10", images=64 * 20, val_images=0, epochs=1, batch_size=64,
+                         epoch_overhead_s=0, measured=m)
+            predicted = e.total_s - e.startup_s  # the plain loop's start-up is outside its timing
             ratios.append(predicted / _timed_run(20, 64))
     finally:
         torch.set_num_threads(threads)
+    assert 0.75 <= statistics.median(ratios) <= 1.25, ratios
+
+
+def _convcanon(*argv: str) -> str:
+    """Run ``convcanon ARGV`` as a user does, in a process of its own; returns its stdout."""
+    # One OpenMP thread for both commands: on a loaded 2-core machine a second thread waits for a core a neighbour
+    # holds and step times swing several-fold, in the run and the measurement alike but not at the same moments.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "convcanon", *argv], capture_output=True, text=True, env=env,
+                          timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_estimate_with_no_extra_flags_predicts_the_main_job(tmp_path):
+    # `convcanon estimate --model resnet20 --data digits --epochs 30 --measure` describes `convcanon train` (ResNet-20
+    # on the digits, 30 epochs, batch 64, --amp auto), so its total must be that run's wall-clock: summary.json's
+    # "seconds", from the settings check to the summary. The estimate covers the steps, the 30 evaluations and
+    # checkpoint writes and the warm-up, each timed here; left out are opening the data, building the model and
+    # writing the run's files, about 1% of the run. The +-25% bound is the noise of a shared machine, not a model
+    # error: three runs, each bracketed by a measurement before and after it (a neighbour's load that changes during
+    # the run shows on both sides), and the median of the three ratios is compared.
+    def predicted() -> dict:
+        (row,) = json.loads(_convcanon("estimate", "--model", "resnet20", "--data", "digits", "--epochs", "30",
+                                       "--measure", "--json"))  # fmt: skip
+        assert (row["per_device_batch"], row["epochs"]) == (64, 30)  # train's batch, the run's epochs
+        return row
+
+    before, ratios = predicted(), []
+    for i in range(3):
+        _convcanon("train", "--out", str(tmp_path / f"run{i}"), "--no-progress")
+        run = json.loads((tmp_path / f"run{i}" / "summary.json").read_text())
+        assert run["epochs"] == 30
+        after = predicted()
+        ratios.append((before["total_s"] + after["total_s"]) / 2 / run["seconds"])
+        before = after
     assert 0.75 <= statistics.median(ratios) <= 1.25, ratios
 
 
@@ -328,7 +401,7 @@ def test_cli_json(capsys):
     assert main(["estimate", "--model", "resnet50", "--device", "a100", "--devices", "8", "--precision", "bf16",
                  "--json"]) == 0  # fmt: skip
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["devices"] == 8 and row["nodes"] == 1 and row["global_batch"] == 1024
+    assert row["devices"] == 8 and row["nodes"] == 1 and row["global_batch"] == 8 * 64  # train's 64 per device
     assert row["total_hours"] > 0 and 0 < row["scaling_efficiency"] <= 1
     assert row["memory"]["fits"] is True
 

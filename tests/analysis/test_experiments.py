@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from convcanon.analysis.experiments import EXPERIMENTS, core, run_experiment, scaling
+from convcanon.analysis.experiments import EXPERIMENTS, core, run_experiment, scaling_runs
 from convcanon.analysis.report import build_report
 from convcanon.cli import main
 
@@ -48,7 +48,7 @@ def failing_torchrun(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("torchrun is not available here (test stub)")
 
-    monkeypatch.setattr(scaling.subprocess, "run", refuse)
+    monkeypatch.setattr(scaling_runs.subprocess, "Popen", refuse)
 
 
 def test_tiny_scaling_records_a_torchrun_failure(tmp_path, failing_torchrun):

@@ -233,7 +233,7 @@ def test_gpu_without_cuda_is_an_error_before_the_scan(tree, monkeypatch, tmp_pat
 
 
 def test_gpu_decode_is_for_folder_data_only_and_not_on_a_cpu_device():
-    with pytest.raises(ValueError, match="decode gpu decodes JPEGs on a CUDA device, and device is cpu"):
+    with pytest.raises(ValueError, match="--decode gpu decodes JPEGs on a CUDA device, and --device is cpu"):
         config_from_dict({"decode": "gpu", "device": "cpu"})
     with pytest.raises(ValueError, match="decode must be one of auto, cpu, gpu"):
         config_from_dict({"decode": "fast"})

@@ -99,11 +99,11 @@ def test_one_process_without_torchrun_env_is_a_world_of_one(monkeypatch):
 
 
 @pytest.mark.parametrize(("values", "message"), [
-    ({"dist_backend": "tcp"}, "dist_backend must be one of"),
-    ({"dist_timeout": 0}, "dist_timeout must be"),
-    ({"pipeline_stages": 2, "batch_size": 10, "microbatches": 4}, "multiple of microbatches"),
+    ({"dist_backend": "tcp"}, "--dist-backend must be one of"),
+    ({"dist_timeout": 0}, "--dist-timeout must be"),
+    ({"pipeline_stages": 2, "batch_size": 10, "microbatches": 4}, "multiple of --microbatches"),
     ({"pipeline_stages": 2, "pipeline_split": [3]}, "one per stage"),
-    ({"pipeline_stages": 2, "accum_steps": 2, "batch_size": 8}, "accum_steps must be 1"),
+    ({"pipeline_stages": 2, "accum_steps": 2, "batch_size": 8}, "--accum-steps must be 1"),
 ])  # fmt: skip
 def test_scaling_settings_are_checked(values, message):
     with pytest.raises(ValueError, match=message):

@@ -43,16 +43,46 @@ def test_unknown_key_in_yaml_names_the_key_and_suggests(tmp_path):
     [
         ({"epochs": "ten"}, "epochs must be an integer"),
         ({"amp": "fp8"}, "amp must be one of"),
-        ({"batch_size": 0}, "batch_size must be >= 1"),
-        ({"lr": -0.1}, "lr must be"),
-        ({"warmup_epochs": 20, "epochs": 5}, "warmup_epochs"),
+        ({"batch_size": 0}, "--batch-size must be an integer >= 1"),
+        ({"lr": -0.1}, "--lr must be a finite number > 0"),
+        ({"warmup_epochs": 20, "epochs": 5}, "--warmup-epochs"),
         ({"nesterov": "yes"}, "nesterov must be true or false"),
-        ({"milestones": [30, 10], "schedule": "step"}, "milestones"),
+        ({"milestones": [30, 10], "schedule": "step"}, "--milestones must be increasing epochs >= 0; got 30 10"),
     ],
 )
 def test_bad_values_are_errors(values, match):
     with pytest.raises(ValueError, match=match):
         config_from_dict(values)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "valid"),
+    [
+        ("epochs", 0, "an integer >= 1"),
+        ("keep_checkpoints", 0, "an integer >= 1"),
+        ("log_every", 0, "an integer >= 1"),
+        ("max_steps", -1, "an integer >= 0"),
+        ("checkpoint_every", -5, "an integer >= 0"),
+        ("workers", -1, "an integer >= 0"),
+        ("seed", -1, r"an integer in \[0, 2\*\*63\)"),
+        ("image_size", 0, "a side in pixels from 1 to 4096"),
+        ("image_size", 22400, "a side in pixels from 1 to 4096"),
+        ("lr", float("inf"), "a finite number > 0"),
+        ("momentum", 1.0, r"a number in \[0, 1\)"),
+        ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
+        ("gamma", 0.0, r"a factor in \(0, 1\]"),
+        ("gamma", float("nan"), r"a factor in \(0, 1\]"),
+        ("weight_decay", float("nan"), "a finite number >= 0"),
+        ("grad_clip", -1.0, "a finite number >= 0"),
+        ("dist_timeout", float("inf"), "a number of seconds > 0"),
+        ("milestones", [-10, 20], "increasing epochs >= 0"),
+        ("pipeline_split", [0, 3], "layers per stage, each >= 1"),
+    ],
+)
+def test_every_numeric_range_names_its_flag_and_range(key, value, valid):
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(ValueError, match=f"command line: {flag} must be {valid}; got"):
+        config_from_dict({key: value}, where="command line")
 
 
 def test_model_option_values_are_typed():

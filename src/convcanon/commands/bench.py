@@ -26,37 +26,27 @@ is printed with its reason and can be overridden by the same flag as in train.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..train.config import DATA_FLAGS, ENGINE_FLAGS, MODEL_FLAGS, FlagOverride, add_shared_flags
+
     p = subparsers.add_parser(
         "bench", help="throughput of the fast path against the naive baseline",
         description="Images/s of a model's training step and inference on this device, with the engine `convcanon "
         "train` uses, optionally against the naive baseline and the real data path, measured in the same process.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--model", default="resnet50", help="a model of the zoo (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
-    p.add_argument("--image-size", type=int, help="input side (default: the model's, e.g. 224; or the data's)")
+    add_shared_flags(p, (*MODEL_FLAGS, "batch_size", *DATA_FLAGS, *ENGINE_FLAGS, "activation_checkpointing"), {
+        "model": FlagOverride(default="resnet50", default_text="resnet50, a 224x224 ImageNet model; train's is "
+                              "resnet20"),
+        "batch_size": FlagOverride(default=32, default_text="32; train's is 64"),
+        "image_size": FlagOverride(default_text="the model's, e.g. 224; or the data's"),
+        "data": FlagOverride(default=None, default_text="none: synthetic tensors only",
+                             note="bench also times ours fed by this data's batches; folder data also reports decode "
+                                  "throughput per worker and of the loader"),
+        "activation_checkpointing": FlagOverride(note="bench also times and measures the model without it"),
+    })
+    p.add_argument("--baseline", action="store_true", help="also time the naive reference, alternating with ours")
     p.add_argument("--in-chans", type=int, help="input channels (default: the model's, or the data's)")
     p.add_argument("--num-classes", type=int, help="classes (default: the model's, or the data's)")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model switch, repeatable (e.g. residual=false)")
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                   help="autocast precision (default: auto = bf16 where the GPU or CPU has native bf16, else off)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format (default: auto, see the engine lines printed)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: auto = on GPU)")
-    p.add_argument("--activation-checkpointing", action="store_true",
-                   help="recompute ResNet blocks in backward; also times and measures the model without it")
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (turns cuDNN autotuning off)")
-    p.add_argument("--baseline", action="store_true", help="also time the naive reference, alternating with ours")
-    p.add_argument("--data", metavar="SPEC", help="also time ours fed by this data set's batches (e.g. digits); "
-                   "folder data also reports decode throughput per worker and of the loader")
-    p.add_argument("--workers", type=int, default=2,
-                   help="DataLoader worker processes for folder data, as in train (default: %(default)s)")
-    p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="where folder data's JPEGs are decoded: gpu = nvJPEG on the CUDA device, auto = gpu only on "
-                   "CUDA and only when a timed sample says it is faster (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--windows", type=int, default=5, help="timed windows per subject (default: %(default)s)")
     p.add_argument("--steps", type=int, help="steps per window (default: enough for about --window-seconds)")
@@ -77,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(
         model=args.model, batch_size=args.batch_size, image_size=args.image_size, in_chans=args.in_chans,
-        num_classes=args.num_classes, model_options=parse_model_options(args.model_option), amp=args.amp,
+        num_classes=args.num_classes, model_options=parse_model_options(args.model_options or []), amp=args.amp,
         channels_last=args.channels_last, compile=args.compile,
         activation_checkpointing=args.activation_checkpointing, deterministic=args.deterministic,
         device=args.device, threads=args.threads, baseline=args.baseline, data=args.data, workers=args.workers,

@@ -8,24 +8,29 @@ import argparse
 from ..tables import emit
 
 _EPILOG = """examples:
-  convcanon estimate --model resnet50 --data imagenet --epochs 90 --device a100 --devices 8 --precision bf16
-  convcanon estimate --model resnet50 --device p100 --devices 1,8,32,256      a scaling table, 128 images per GPU
+  convcanon estimate --model resnet50 --data imagenet --epochs 90 --device a100 --devices 8 --amp bf16
+  convcanon estimate --model resnet50 --device p100 --devices 1,8,32,256 --batch-size 128     a scaling table
   convcanon estimate --model alexnet --device gtx580 --devices 2 --parallel towers --batch-size 128   the 2012 run
   convcanon estimate --model vgg16 --device p100-pcie --devices 512 --network-gbit 25    Horovod's cluster
-  convcanon estimate --model resnet20 --data cifar10 --epochs 30 --measure      time this machine, then predict
-  convcanon estimate --model resnet50 --images 250000 --device h100 --devices 16 --nodes 2 --json
+  convcanon estimate --model resnet20 --data digits --epochs 30 --measure      time this machine: the main job
+  convcanon estimate --model resnet50 --images 250000 --device h100 --devices 16 --nodes 2 --global-batch 4096
   convcanon estimate --canon                      the canon's cost for 90 ImageNet epochs on each GPU generation
   convcanon estimate --validate                   predictions for the published runs vs their figures
   convcanon estimate --catalog                    the devices and their datasheet figures
 
 The model: training FLOPs (3x the forward, measured with torch.utils.flop_counter at the run's image size) at a
 calibrated share of the device's peak, plus memory traffic for the element-wise work, plus a ring all-reduce of the
-gradients partly hidden behind the backward pass. --batch-size is the global batch (default 128 per device). Which
-published run calibrated which constant: `--validate`, and the docstring of convcanon.estimate.costmodel.
+gradients partly hidden behind the backward pass. The flags shared with train mean what they mean there:
+--batch-size is per device (default 64, train's; --global-batch gives the images per step instead), --amp is the
+precision (auto = bf16 where the device has it natively, else fp32, as train resolves it). --measure times the step
+`convcanon train` runs on this machine, with train's engine and defaults, and predicts that run. Which published run
+calibrated which constant: `--validate`, and the docstring of convcanon.estimate.costmodel.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..train.config import add_shared_flags
+
     p = subparsers.add_parser(
         "estimate", help="predict wall-clock, images/s, scaling and memory of a training run",
         description="Predict a training run: time per epoch and in total, images/s, scaling efficiency against one "
@@ -33,27 +38,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "it does not fit, the accumulation steps or pipeline stages that make it fit.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--model", help="a model of the zoo (`convcanon models` lists them)")
-    p.add_argument("--data", default=None, help="imagenet (default), cifar10, cifar100, mnist or digits")
+    add_shared_flags(p, ("model", "model_options", "data", "image_size", "batch_size", "amp", "device",
+                         "channels_last", "compile", "optimizer"), _overrides())
     p.add_argument("--images", type=int, help="training-set size of your own data (ImageNet-style files)")
     p.add_argument("--val-images", type=int, help="images evaluated after each epoch (default: the data set's)")
-    p.add_argument("--image-size", type=int, help="input side (default: the data set's, or the model's own)")
-    p.add_argument("--epochs", type=float, default=90.0, help="epochs (default 90)")
-    p.add_argument("--device", help="a catalog device: gtx580, k80, p100, p100-pcie, v100-16gb, v100, a100, h100, "
-                   "h200, cpu (see --catalog)")
+    p.add_argument("--epochs", type=float, default=90.0, help="epochs, fractions allowed (default 90, ImageNet's "
+                   "recipe; train's is 30)")
     p.add_argument("--devices", default="1", help="device count, or a comma list for a scaling table (e.g. 1,8,64)")
     p.add_argument("--nodes", type=int, help="machines (default: devices / the device's usual devices per node)")
-    p.add_argument("--precision", default="fp32", help="fp32 (default), tf32, bf16 or fp16 (autocast)")
-    p.add_argument("--batch-size", type=int, help="global batch (default 128 per device)")
-    p.add_argument("--optimizer", default="sgd", help="sgd (momentum; default) or adamw: sets optimizer state")
+    p.add_argument("--global-batch", type=int, help="images per optimizer step over all devices, instead of "
+                   "--batch-size (split evenly over the data-parallel devices)")
     p.add_argument("--parallel", default="data", help="data (default) or towers (the 2012 AlexNet's 2-GPU split)")
     p.add_argument("--network-gbit", type=float, help="inter-node bandwidth per node in Gbit/s (default: catalog)")
     p.add_argument("--link-gbs", type=float, help="intra-node bandwidth per device in GB/s (default: catalog)")
-    p.add_argument("--epoch-overhead", type=float, help="seconds per epoch outside the steps (default: by data)")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model idea switch, repeatable (e.g. residual=false)")
-    p.add_argument("--measure", action="store_true", help="time real training steps here first and predict a run "
-                   "on this machine from them (one device; leave out --device)")
+    p.add_argument("--epoch-overhead", type=float, help="seconds per epoch outside the steps and evaluation "
+                   "(default: by data; with --measure, a checkpoint write timed here)")
+    p.add_argument("--measure", action="store_true", help="time the step `convcanon train` runs here first (its "
+                   "engine, evaluation and checkpoint write too) and predict that run on this machine (one device; "
+                   "--device picks the local one)")
     p.add_argument("--measure-seconds", type=float, default=3.0, help="how long to time steps (default 3)")
     p.add_argument("--canon", action="store_true", help="the canon's cost table: alexnet, vgg16, googlenet, "
                    "resnet50 for --epochs ImageNet epochs on --devices devices of each generation")
@@ -61,6 +63,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", action="store_true", help="list the device catalog")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
+
+
+def _overrides() -> dict:
+    """How estimate takes train's flags (``train.config.FlagOverride``)."""
+    from ..train.config import FlagOverride
+
+    measure_only = "estimate: for --measure's timed step"
+    return {
+        "model": FlagOverride(default=None, default_text="none: required unless --canon, --validate or --catalog"),
+        "data": FlagOverride(default=None, default_text="imagenet, or none with --images",
+                             note="estimate: a data set of its catalog (imagenet, cifar10, cifar100, mnist, digits); "
+                                  "cifar10:PATH and cifar100:PATH name theirs"),
+        "image_size": FlagOverride(default_text="the data set's, or the model's own"),
+        "batch_size": FlagOverride(default=None, default_text="64, train's"),
+        "amp": FlagOverride(extra_choices=("fp32", "tf32"), aliases=("--precision",),
+                            note="estimate also takes fp32 (= off) and tf32, which only the estimator models; "
+                                 "--precision is the same flag"),
+        "device": FlagOverride(default=None, default_text="none: give a catalog device, or --measure",
+                               note="estimate: a catalog device to predict for (--catalog lists them); with --measure, "
+                                    "the local device to time"),
+        "channels_last": FlagOverride(note=measure_only),
+        "compile": FlagOverride(note=measure_only),
+        "optimizer": FlagOverride(note="estimate: sets the optimizer's state in memory and its pass over the weights"),
+    }
 
 
 def _device_counts(text: str) -> list[int]:
@@ -98,6 +124,8 @@ def _rows(e) -> list[dict[str, object]]:
                  f"{e.exposed_comm_s * 1e3:,.1f} ms (of {e.allreduce_s * 1e3:,.1f} ms)"),
         ("scaling efficiency", f"{e.scaling_efficiency:.1%} of {e.devices} x one device"),
         ("epoch", f"{_duration(e.epoch_s)} (evaluation {_duration(e.eval_s)}, overhead {_duration(e.overhead_s)})"),
+        *([("start-up", f"{_duration(e.startup_s)} once (warm-up: compilation, first allocations)")]
+          if e.startup_s else []),
         ("total", _duration(e.total_s)),
         ("memory per device", f"weights {m.weights_gib:.2f} + gradients {m.gradients_gib:.2f} + optimizer "
                               f"{m.optimizer_gib:.2f} + activations {m.activations_gib:.2f} + reserved "
@@ -116,6 +144,31 @@ def _scaling_row(e) -> dict[str, object]:
         "scaling_efficiency": round(e.scaling_efficiency, 3), "epoch_min": round(e.epoch_s / 60, 2),
         "total_hours": round(e.total_hours, 2), "fits": e.memory.fits, "memory_gib": round(e.memory.total_gib, 2),
     }  # fmt: skip
+
+
+def _measured(args: argparse.Namespace, counts: list[int], data: str | None, options: dict, common: dict):
+    """--measure: time `convcanon train`'s step on this machine's device, then predict the run from it."""
+    import sys
+
+    from .. import estimate as est
+    from ..estimate.inputs import DEFAULT_BATCH_PER_DEVICE
+
+    local = args.device or "auto"
+    if local.partition(":")[0] not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--measure times this machine: --device takes auto, cpu, cuda or cuda:N there; {local} is a "
+                         "catalog device (leave out --measure to predict for it)")
+    if counts != [1] or (args.nodes or 1) != 1:
+        raise ValueError("--measure predicts a run on this machine's one device: use --devices 1")
+    # Check every flag with a dry estimate on the generic CPU entry before spending time on the measurement.
+    est.estimate(args.model, device="cpu", **{**common, "precision": "fp32"})
+    plan = est.plan_input(args.model, data, args.image_size, options)
+    measured = est.measure_local(
+        args.model, batch_size=args.batch_size or args.global_batch or DEFAULT_BATCH_PER_DEVICE,
+        image_size=plan.image_size, num_classes=plan.num_classes, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile, optimizer=args.optimizer, seconds=args.measure_seconds, device=local,
+        model_options={**options, "in_chans": plan.in_chans}, say=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
+    return est.estimate(args.model, measured=measured, **common)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,31 +199,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise ValueError("--model is required (or one of --canon, --validate, --catalog)")
     data = args.data if args.data is not None else (None if args.images else "imagenet")
+    if data is not None and data.partition(":")[0] in ("cifar10", "cifar100"):
+        data = data.partition(":")[0]  # train's spec: the catalog knows the set, the path is not needed
     if data is not None:
         est.get_dataset(data)
-    options = parse_model_options(args.model_option)
+    options = parse_model_options(args.model_options or [])
     common = dict(
         data=data, images=args.images, val_images=args.val_images, epochs=args.epochs, nodes=args.nodes,
-        precision=args.precision, batch_size=args.batch_size, optimizer=args.optimizer, parallel=args.parallel,
-        image_size=args.image_size, network_gbit=args.network_gbit, link_gbs=args.link_gbs,
+        precision=args.amp, batch_size=args.batch_size, global_batch=args.global_batch, optimizer=args.optimizer,
+        parallel=args.parallel, image_size=args.image_size, network_gbit=args.network_gbit, link_gbs=args.link_gbs,
         epoch_overhead_s=args.epoch_overhead, model_options=options,
     )  # fmt: skip
-
     if args.measure:
-        if args.device:
-            raise ValueError("--measure times this machine: leave out --device")
-        if counts != [1] or (args.nodes or 1) != 1:
-            raise ValueError("--measure predicts a run on this machine's one device: use --devices 1")
-        # Check every flag with a dry estimate on the generic CPU entry before spending time on the measurement.
-        est.estimate(args.model, device="cpu", **{**common, "precision": "fp32"})
-        plan = est.plan_input(args.model, data, args.image_size, options)
-        batch = args.batch_size or 128
-        measured = est.measure_local(
-            args.model, batch_size=batch, image_size=plan.image_size, num_classes=plan.num_classes,
-            precision=args.precision, seconds=args.measure_seconds,
-            model_options={**options, "in_chans": plan.in_chans},
-        )  # fmt: skip
-        results = [est.estimate(args.model, measured=measured, **common)]
+        results = [_measured(args, counts, data, options, common)]
     else:
         results = [est.estimate(args.model, device=args.device, devices=n, **common) for n in counts]
 

@@ -13,6 +13,8 @@ _EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..train.config import FlagOverride, add_shared_flags
+
     p = subparsers.add_parser(
         "eval", help="evaluate a checkpoint: accuracy, per-class accuracy, confusion matrix",
         description="Evaluate a trained model on a test split. PATH is a run directory (its best checkpoint, else "
@@ -20,12 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run directory, .pt checkpoint or .safetensors")
-    p.add_argument("--data", help="data set to evaluate on (default: the run's)")
-    p.add_argument("--image-size", type=int, help="input side for file data (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"),
-                   help="autocast precision (default: the run's setting, resolved on this device as in training)")
+    add_shared_flags(p, ("data", "image_size", "batch_size", "amp", "device"), {
+        "data": FlagOverride(default=None, default_text="the run's"),
+        "image_size": FlagOverride(default_text="the run's"),
+        "batch_size": FlagOverride(default=256, default_text="256: evaluation keeps no activations for backward"),
+        "amp": FlagOverride(default=None, default_text="the run's setting, resolved on this device as in training"),
+    })
     p.add_argument("--plot", metavar="FILE.png|none", help="where to draw the confusion matrix (default: confusion.png "
                    "in the run directory; a directory gets confusion.png inside; none: no plot)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -26,6 +26,8 @@ computes only what is missing. The report of every experiment at once is `convca
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by `experiment` and `report`."""
+    from ..train.config import add_shared_flags
+
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick",
                       help="the small configuration: the whole report in under 15 minutes on 2 CPU cores")
@@ -40,7 +42,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes (default: one per CPU core on CPU, 1 with a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / jobs)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_shared_flags(p, ("device",))  # train's --device
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON instead of a table")
 

@@ -40,14 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from ..train.config import config_from_args
     from ..train.run import NonFiniteLossError, RunInterrupted, train
     from ..train.rundir import resume_config
+    from ..train.settings import check_settings
 
     cfg, given = config_from_args(args)
     if args.resume:
         cfg = resume_config(args.resume, cfg.__dict__, given)
-    if cfg.decode == "gpu":
-        from ..data.decode import check_decode
-
-        check_decode(cfg.decode)  # no CUDA, or a torchvision without batched GPU decoding: say so before any work
+    check_settings(cfg)  # every setting, before anything is created, opened or written
     try:
         train(cfg, resume=args.resume, strategy=strategy_for(cfg))
     except NonFiniteLossError as err:

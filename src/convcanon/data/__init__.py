@@ -2,8 +2,9 @@
 
 ``open_data(spec)`` returns a ``DataSource``; every source yields normalized float32 batches on the requested device in
 the order defined in ``convcanon.data.base`` (one permutation per epoch, exact rank slices, stateless augmentation),
-which is what makes data-parallel training and resume exact. ``scan_folder`` is the bad-file check of folder data;
-``BadDataError`` (a ValueError) is what a folder source raises when a file goes bad after that check.
+which is what makes data-parallel training and resume exact. ``parse_data(spec)`` checks a spec and gives the shape
+of its batches without opening anything (what runs before any side effect); ``scan_folder`` is the bad-file check of
+folder data; ``BadDataError`` (a ValueError) is what a folder source raises when a file goes bad after that check.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from .cifar import make_cifar
 from .images import load_rgb
 from .memory import InMemorySource, make_digits, make_synthetic
 from .scan import BadDataError, BadFile, ScanReport, scan_folder
-from .spec import SPEC_FORMS, open_data
+from .spec import SPEC_FORMS, DataSpec, open_data, parse_data
 
 __all__ = [
-    "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "FolderSource", "InMemorySource",
-    "SPEC_FORMS", "ScanReport",
-    "crop_flip", "derive_seed", "epoch_permutation", "folder_from_report", "load_rgb", "make_cifar", "make_digits",
-    "make_folder", "make_synthetic", "num_train_batches", "open_data", "rank_slice", "scan_folder", "shard_range",
+    "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "FolderSource", "InMemorySource",
+    "SPEC_FORMS", "ScanReport", "crop_flip", "derive_seed", "epoch_permutation", "folder_from_report", "load_rgb",
+    "make_cifar", "make_digits", "make_folder", "make_synthetic", "num_train_batches", "open_data", "parse_data",
+    "rank_slice", "scan_folder", "shard_range",
 ]
 
 

@@ -28,6 +28,7 @@ class Layout(NamedTuple):
     label_key: bytes
     names_key: bytes
     folder: str  # the folder the archive from the CIFAR site extracts
+    num_classes: int
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -36,8 +37,9 @@ class Layout(NamedTuple):
 
 LAYOUTS = {
     "cifar10": Layout(tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", b"labels",
-                      b"label_names", "cifar-10-batches-py"),
-    "cifar100": Layout(("train",), "test", "meta", b"fine_labels", b"fine_label_names", "cifar-100-python"),
+                      b"label_names", "cifar-10-batches-py", 10),
+    "cifar100": Layout(("train",), "test", "meta", b"fine_labels", b"fine_label_names", "cifar-100-python",
+                       100),
 }
 
 # What numpy needs to rebuild an array from a pickle, under numpy 1 and numpy 2 module names, and how protocol 2
@@ -195,6 +197,9 @@ def make_cifar(name: str, path: str | Path, *, image_size: int | None = None,
     check_side(size)
     root = find_folder(name, path)
     classes = _class_names(root, layout)
+    if len(classes) != layout.num_classes:
+        raise ValueError(f"{shown(root / layout.meta_file)} names {len(classes)} classes; {name} has "
+                         f"{layout.num_classes}")
     n_classes = check_num_classes(num_classes, len(classes), f"{name} at {shown(root)} ({layout.meta_file})")
     parts = [_split(root / f, layout.label_key, n_classes) for f in layout.train_files]
     train = (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))

@@ -47,6 +47,7 @@ from .base import (
     shard_range,
 )
 from .decode import check_decode
+from .images import DEFAULT_IMAGE_SIZE
 from .memory import check_num_classes, check_side
 from .scan import MAX_BAD_FRACTION, ScanReport, decode_checked, scan_folder
 from .stale import SUBSTITUTE_TRIES, Stale, StaleFiles, collate_checked
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_SIZE = 224
 
 
 def train_transform(size: int) -> v2.Compose:

@@ -18,6 +18,9 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff",
                               ".webp", ".jfif"})
 
+# The side folder data is cropped to when no --image-size is given: the canon's ImageNet input.
+DEFAULT_IMAGE_SIZE = 224
+
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 

@@ -45,6 +45,7 @@ from .base import (
     shard_range,
 )
 
+DIGITS_SHAPE = (1, 8, 10)  # channels, side, classes
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 SYNTHETIC_SEED = 0
@@ -230,22 +231,23 @@ def digits_split(labels: Tensor, test_fraction: float = DIGITS_TEST_FRACTION,
 def make_digits(*, image_size: int | None = None, num_classes: int | None = None) -> InMemorySource:
     """The embedded 8x8 digits, 1 channel, 10 classes, augmented by a random translation of up to 1 pixel."""
     grey, target = _digits_arrays()
+    chans, side, classes = DIGITS_SHAPE
     # 17 grey levels 0..16 -> 0..255, rounded: the 8-bit scale every other data set uses.
-    images = torch.from_numpy(np.rint(grey * 255 / 16).astype(np.uint8)).view(-1, 1, 8, 8)
+    images = torch.from_numpy(np.rint(grey * 255 / 16).astype(np.uint8)).view(-1, chans, side, side)
     labels = torch.from_numpy(target)
-    size = 8 if image_size is None else image_size
+    size = side if image_size is None else image_size
     check_side(size)
     check_fits(images.shape[0] * size * size, f"the digits resized to {size}x{size}", "lower --image-size")
     images = resize_uint8(images, size)
-    check_num_classes(num_classes, 10, "the digits data set")
+    check_num_classes(num_classes, classes, "the digits data set")
     train_idx, test_idx = digits_split(labels)
     mean, std = channel_stats(images[train_idx])
     # Digits are not mirror-symmetric (a flipped 2 is no digit), so translation only; 1 px of 8 is 12.5% of the side,
     # about the 4 px of 32 of the CIFAR recipe.
     augment = BatchAugment(pad=max(1, size // 8), flip=False)
     info = DataInfo(
-        name="digits", num_classes=10, classes=tuple(str(d) for d in range(10)), in_chans=1, image_size=size,
-        train_size=len(train_idx), test_size=len(test_idx), mean=mean, std=std,
+        name="digits", num_classes=classes, classes=tuple(str(d) for d in range(classes)), in_chans=chans,
+        image_size=size, train_size=len(train_idx), test_size=len(test_idx), mean=mean, std=std,
         source="scikit-learn (sklearn.datasets.load_digits)", spec="digits", augment=augment.describe(size),
     )
     return InMemorySource(info, (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx]), augment)

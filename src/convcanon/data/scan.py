@@ -232,6 +232,14 @@ def _check_classes(root: Path, splits: dict[str, Entries]) -> tuple[str, ...]:
     return tuple(names["train"])
 
 
+def tree_classes(root: Path) -> tuple[tuple[str, ...], list[str]]:
+    """The class folders of the tree at ``root`` and the loose files of ``train/`` and ``val/``, from listing those
+    two folders only (no class folder is walked, no file opened): what settings are checked with before any work;
+    raise on a structural problem of that level."""
+    splits = _list_splits(root, Walker())
+    return _check_classes(root, splits), [path for split in SPLITS for path, _ in splits[split].files]
+
+
 def list_tree(root: Path) -> Tree:
     """List ``root``'s tree (see the module docstring); raise on a structural problem."""
     walker = Walker()

@@ -1,14 +1,25 @@
-"""``open_data(spec)``: the one entry point from a ``--data`` value to a data source."""
+"""From a ``--data`` value to a data source: ``parse_data(spec)`` reads it without opening anything, ``open_data(spec)``
+opens what the parse found.
+
+The parse is the check that runs before any side effect (``convcanon train`` calls it before the run directory exists):
+it knows the form of the spec, whether its folder exists and is of the right kind (the CIFAR files present; an
+ImageFolder's ``train/`` and ``val/`` with the same class folders, from listing those two folders only), and the shape
+of the batches the source will give. Nothing is read, decoded or scanned. ``open_data`` opens exactly what the parse
+returns, so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import DataSource
-from .cifar import LAYOUTS, make_cifar
+from .cifar import LAYOUTS, find_folder, make_cifar
 from .decode import check_decode
-from .memory import make_digits, make_synthetic
+from .images import DEFAULT_IMAGE_SIZE
+from .memory import DIGITS_SHAPE, check_num_classes, make_digits, make_synthetic
+from .scan import tree_classes
 
 SPEC_FORMS = """accepted data specs:
   digits                   the embedded 8x8 handwritten digits (default; ships with scikit-learn)
@@ -18,60 +29,67 @@ SPEC_FORMS = """accepted data specs:
   folder:PATH, or PATH     an ImageFolder tree: PATH/train/CLASS/IMAGE and PATH/val/CLASS/IMAGE"""
 
 _NAMED = ("digits", "synthetic", "cifar10", "cifar100", "folder")
-def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
-              synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto") -> DataSource:
-    """Open the data set named by ``spec`` (see ``SPEC_FORMS``).
+SYNTHETIC_SHAPE = (3, 32, 10)  # channels, side, classes
+CIFAR_SIDE = 32
+FOLDER_CHANNELS = 3  # every image is decoded to RGB (images.load_rgb)
 
-    ``image_size`` resizes in-memory data once (digits, CIFAR) or sets the crop side of folder data (default 224);
-    ``num_classes``, when given, must match the data; ``skip_bad`` leaves bad files of folder data out (at most 1%);
-    ``synthetic_size`` is the synthetic training-set size (test: a quarter); ``workers`` are DataLoader and scan
-    processes for folder data; ``progress`` shows the scan's progress bar; ``decode`` ("auto" | "cpu" | "gpu") is
-    where folder data's JPEGs are decoded (``folder`` module docstring; "gpu" is an error for other data and without
-    CUDA). A plain existing folder holding CIFAR python-format files is read as CIFAR; a named spec wins over a folder
-    of the same name (write ``./digits``).
-    """
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A ``--data`` value as :func:`parse_data` reads it: the source, where it is, and the shape of its batches."""
+
+    spec: str  # as given
+    kind: str  # digits | synthetic | cifar10 | cifar100 | folder
+    path: Path | None  # cifar: the python-format folder; folder: the tree's root; else None
+    in_chans: int
+    image_size: int  # the side of the batches (after the resize or crop ``image_size`` asks for)
+    num_classes: int
+
+
+def parse_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None,
+               decode: str = "auto") -> DataSpec:
+    """Read ``spec`` (see ``SPEC_FORMS``) and check it against ``image_size``, ``num_classes`` and ``decode`` without
+    opening, reading or scanning anything. Raises ValueError (FileNotFoundError for a missing folder) naming the spec
+    and the forms it may take. A plain existing folder holding CIFAR python-format files is CIFAR, else an
+    ImageFolder tree; a named spec wins over a folder of the same name (write ``./digits``)."""
     if image_size is not None and image_size < 1:
         raise ValueError(f"image size must be at least 1, got {image_size}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    if workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {workers}")
     check_decode(decode)
-    source = _open(spec, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
-                   synthetic_size=synthetic_size, workers=workers, progress=progress, decode=decode)
-    if decode == "gpu" and source.info.name != "folder":
-        raise ValueError(f"--decode gpu decodes the JPEG files of folder data; --data {spec} is {source.info.name} "
+    parsed = _parse(spec, image_size, num_classes)
+    if decode == "gpu" and parsed.kind != "folder":
+        raise ValueError(f"--decode gpu decodes the JPEG files of folder data; --data {spec} is {parsed.kind} "
                          "data, already decoded: drop --decode or use --decode auto")
-    return source
+    return parsed
 
 
-def _open(spec: str, *, image_size: int | None, num_classes: int | None, skip_bad: bool, synthetic_size: int,
-          workers: int, progress: bool, decode: str) -> DataSource:
+def _parse(spec: str, image_size: int | None, num_classes: int | None) -> DataSpec:
     kind, has_arg, arg = spec.partition(":")
     if kind in _NAMED and has_arg and not arg:
         raise ValueError(f"data spec {spec!r} ends with ':' but names nothing after it\n{SPEC_FORMS}")
     if kind == "digits":
         if has_arg:
             raise ValueError(f"data spec {spec!r}: the embedded digits take no argument, write 'digits'\n{SPEC_FORMS}")
-        return make_digits(image_size=image_size, num_classes=num_classes)
+        chans, side, classes = DIGITS_SHAPE
+        check_num_classes(num_classes, classes, "the digits data set")
+        return DataSpec(spec, "digits", None, chans, image_size or side, classes)
     if kind == "synthetic":
-        return _synthetic(arg, image_size, num_classes, synthetic_size)
+        return _synthetic(spec, arg, image_size, num_classes)
     if kind in LAYOUTS:
         if not has_arg:
             raise ValueError(f"data spec {spec!r} needs the folder: {kind}:PATH\n{SPEC_FORMS}")
-        return make_cifar(kind, arg, image_size=image_size, num_classes=num_classes)
+        return _cifar(spec, kind, find_folder(kind, arg), image_size, num_classes)
     if kind == "folder":
         if not has_arg:
             raise ValueError(f"data spec 'folder' needs the folder: folder:PATH\n{SPEC_FORMS}")
-        return _folder(arg, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad, workers=workers,
-                       progress=progress, decode=decode)
+        return _folder_spec(spec, Path(arg).expanduser(), image_size, num_classes)
     path = Path(spec).expanduser()
     if path.is_dir():
         for name in LAYOUTS:
             if _is_cifar(name, path):
-                return make_cifar(name, path, image_size=image_size, num_classes=num_classes)
-        return _folder(path, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad, workers=workers,
-                       progress=progress, decode=decode)
+                return _cifar(spec, name, find_folder(name, path), image_size, num_classes)
+        return _folder_spec(spec, path, image_size, num_classes)
     if path.exists():
         raise ValueError(f"data spec {spec!r} is a file, not a folder\n{SPEC_FORMS}")
     if any(sep in spec for sep in "/\\") or spec.startswith((".", "~")):
@@ -81,10 +99,16 @@ def _open(spec: str, *, image_size: int | None, num_classes: int | None, skip_ba
     raise ValueError(f"unknown data set {spec!r}{hint}, and no folder of that name exists\n{SPEC_FORMS}")
 
 
-def _folder(path: str | Path, **options) -> DataSource:
-    from .folder import make_folder  # here: torchvision takes seconds to import and only folder data needs it
+def _cifar(spec: str, name: str, root: Path, image_size: int | None, num_classes: int | None) -> DataSpec:
+    classes = LAYOUTS[name].num_classes
+    check_num_classes(num_classes, classes, f"{name} at {root}")
+    return DataSpec(spec, name, root, 3, image_size or CIFAR_SIDE, classes)
 
-    return make_folder(path, **options)
+
+def _folder_spec(spec: str, root: Path, image_size: int | None, num_classes: int | None) -> DataSpec:
+    classes, _ = tree_classes(root)
+    check_num_classes(num_classes, len(classes), f"the ImageFolder tree {root}")
+    return DataSpec(spec, "folder", root, FOLDER_CHANNELS, image_size or DEFAULT_IMAGE_SIZE, len(classes))
 
 
 def _is_cifar(name: str, path: Path) -> bool:
@@ -92,16 +116,43 @@ def _is_cifar(name: str, path: Path) -> bool:
     return any(all((p / f).is_file() for f in layout.files) for p in (path, path / layout.folder))
 
 
-def _synthetic(arg: str, image_size: int | None, num_classes: int | None, size: int):
+def _synthetic(spec: str, arg: str, image_size: int | None, num_classes: int | None) -> DataSpec:
     fields = arg.split(":") if arg else []
     if len(fields) > 3 or not all(f.isdigit() and int(f) > 0 for f in fields):
         raise ValueError(f"synthetic data spec 'synthetic:{arg}' must be synthetic[:C[:S[:K]]] with positive "
                          f"integers (channels, side, classes), e.g. synthetic:3:32:10")
     values = [int(f) for f in fields]
-    chans, side, classes = values + [3, 32, 10][len(values):]
+    chans, side, classes = values + list(SYNTHETIC_SHAPE)[len(values):]
     for given, from_spec, what in ((image_size, 1, "image size"), (num_classes, 2, "num_classes")):
         if given is not None and len(values) > from_spec and given != values[from_spec]:
             raise ValueError(f"the synthetic spec sets {what} {values[from_spec]} but {given} was asked for: "
                              f"set it in one place")
-    return make_synthetic(in_chans=chans, image_size=image_size or side, num_classes=num_classes or classes,
-                          size=size)
+    return DataSpec(spec, "synthetic", None, chans, image_size or side, num_classes or classes)
+
+
+def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
+              synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto") -> DataSource:
+    """Open the data set named by ``spec``: what :func:`parse_data` finds (with ``image_size``, ``num_classes`` and
+    ``decode`` checked there), opened.
+
+    ``image_size`` resizes in-memory data once (digits, CIFAR) or sets the crop side of folder data (default 224);
+    ``num_classes``, when given, must match the data; ``skip_bad`` leaves bad files of folder data out (at most 1%);
+    ``synthetic_size`` is the synthetic training-set size (test: a quarter); ``workers`` are DataLoader and scan
+    processes for folder data; ``progress`` shows the scan's progress bar; ``decode`` ("auto" | "cpu" | "gpu") is
+    where folder data's JPEGs are decoded (``folder`` module docstring; "gpu" is an error for other data and without
+    CUDA).
+    """
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    parsed = parse_data(spec, image_size=image_size, num_classes=num_classes, decode=decode)
+    if parsed.kind == "digits":
+        return make_digits(image_size=image_size, num_classes=num_classes)
+    if parsed.kind == "synthetic":
+        return make_synthetic(in_chans=parsed.in_chans, image_size=parsed.image_size, num_classes=parsed.num_classes,
+                              size=synthetic_size)
+    if parsed.kind in LAYOUTS:
+        return make_cifar(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes)
+    from .folder import make_folder  # here: torchvision takes seconds to import and only folder data needs it
+
+    return make_folder(parsed.path, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
+                       workers=workers, progress=progress, decode=decode)

@@ -8,7 +8,8 @@ calibrated which constant). :mod:`.validation` holds the published runs and the 
 """
 
 from .catalog import DATASETS, DEVICES, DataSet, Device, get_dataset, get_device
-from .costmodel import Estimate, MemoryPlan, estimate, memory_plan, plan_input
+from .costmodel import Estimate, MemoryPlan, estimate, memory_plan
+from .inputs import plan_input
 from .measure import Measurement, measure_local
 from .validation import PUBLISHED_RUNS, calibrate, canon_cost_table, validation_table
 from .workload import Workload, measure_workload

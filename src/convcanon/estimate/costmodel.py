@@ -11,7 +11,10 @@ than the host's time to launch its operations. Data parallelism adds a ring all-
 ``2 (D-1)/D * bytes / bandwidth`` over the slowest link of the ring plus ``2 (D-1)`` hop latencies, of which at most
 OVERLAP_FRACTION hides behind the backward pass. The paper's two-GPU AlexNet ("towers") halves each device's work and
 adds the activation exchange at the layers that read both towers, on the critical path. An epoch adds the evaluation
-pass and a fixed recipe overhead (validation loader, checkpoint).
+pass and a fixed recipe overhead (validation loader, checkpoint). A run measured on this machine (``--measure``,
+:mod:`.measure`) is ``convcanon train``'s own: its step, evaluation pass and checkpoint write are timed rather than
+modelled, its epochs drop the last incomplete batch as train's do, and its warm-up (compilation, first allocations)
+is paid once.
 
 There is no per-family fudge factor: families differ through what is measured of them (VGG's work is almost all
 Winograd-eligible 3x3 convolutions; ResNet's and GoogLeNet's batch norms and ReLUs make memory traffic a large share;
@@ -45,8 +48,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from .catalog import DATASETS, DEVICES, PRECISIONS, Device, get_dataset, get_device
-from .workload import Workload, measure_workload, smallest_input
+from .catalog import DATASETS, Device
+from .inputs import RunSpec, plan_input, run_spec
+from .workload import Workload, measure_workload
 
 if TYPE_CHECKING:
     from .measure import Measurement
@@ -117,10 +121,6 @@ RESERVED_GIB: dict[str, float] = {"gpu": 0.75, "cpu": 0.0}
 # Share of device memory the caching allocator can hand out before fragmentation bites.
 USABLE_MEMORY_FRACTION = 0.9
 
-DEFAULT_BATCH_PER_DEVICE = 128
-IMAGENET_SIDE = 224  # models whose default input is this large are ImageNet models
-OPTIMIZERS = ("sgd", "adamw")
-PARALLEL = ("data", "towers")
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,7 @@ class Estimate:
     utilization: float | None  # achieved / peak at this precision
     memory: MemoryPlan
     notes: tuple[str, ...] = field(default=())
+    startup_s: float = 0.0  # once per run: a measured local run's warm-up (compilation, first allocations)
 
     @property
     def total_hours(self) -> float:
@@ -186,19 +187,6 @@ class Estimate:
         out = asdict(self)
         out.update(total_hours=self.total_hours, total_days=self.total_days, notes=list(self.notes))
         return out
-
-
-def _check_positive(flag: str, value: float | None, integer: bool = True) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or (integer and not isinstance(value, int)) or not value > 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{flag} must be {kind}, got {value!r}")
-
-
-def _choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -293,52 +281,10 @@ def memory_plan(w: Workload, dev: Device, precision: str, per_device_batch: int,
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class InputPlan:
-    """What the run feeds the model: the profiled image side (None: the model's default), classes, channels."""
-
-    image_size: int | None
-    num_classes: int | None
-    in_chans: int | None
-    notes: tuple[str, ...]
-
-
-def plan_input(model: str, data: str | None, image_size: int | None = None,
-               model_options: dict[str, object] | None = None) -> InputPlan:
-    """Size, classes and channels of a run, and notes: an ImageNet model on small images, a model too big for them."""
-    from ..registry import model_info
-
-    dataset = get_dataset(data) if data is not None else None
-    options = dict(model_options or {})
-    num_classes = options.pop("num_classes", dataset.num_classes if dataset else None)
-    in_chans = options.pop("in_chans", dataset.in_chans if dataset else None)
-    info = model_info(model)
-    default = info.input_size[1]
-    notes: list[str] = []
-    if image_size:
-        side = image_size
-    elif dataset is not None and dataset.image_size:
-        side = dataset.image_size
-        if default >= IMAGENET_SIDE > side:
-            small = "resnet20..110, vgg16_cifar, alexnet_cifar or googlenet_cifar"
-            notes.append(f"{model} is an ImageNet model ({default}x{default} input) and {dataset.name} has "
-                         f"{side}x{side} images; the small-image models ({small}) are built for them")
-    elif dataset is not None and default < IMAGENET_SIDE:  # ImageNet-style crops for a small-image model
-        side = IMAGENET_SIDE
-        notes.append(f"{model} is a small-image model ({default}x{default}); estimated at {dataset.name}'s "
-                     f"{side}x{side} crops")
-    else:
-        side = default
-    if side == default:
-        return InputPlan(None, num_classes, in_chans, tuple(notes))  # type: ignore[arg-type]
-    smallest = smallest_input(model, in_chans=in_chans, **options) if in_chans else smallest_input(model, **options)
-    if side < smallest:
-        notes.append(f"{model} needs at least {smallest}x{smallest} input, so the images would be upscaled: estimated "
-                     f"at its default {default}x{default} (convcanon train needs --image-size {smallest} or more)")
-        return InputPlan(None, num_classes, in_chans, tuple(notes))  # type: ignore[arg-type]
-    if not notes:
-        notes.append(f"estimated at {side}x{side} (the model's default is {default}x{default})")
-    return InputPlan(side, num_classes, in_chans, tuple(notes))  # type: ignore[arg-type]
+def _measured_notes(measured: Measurement) -> list[str]:
+    return [f"step time measured on this machine ({measured.device}) with the engine `convcanon train` resolves "
+            f"there: {measured.images_per_s:.1f} img/s at batch {measured.batch_size}, {measured.precision}; "
+            "evaluation, checkpoint writes and start-up measured too; the input pipeline is not timed"]
 
 
 def estimate(
@@ -351,8 +297,9 @@ def estimate(
     device: str | Device | None = None,
     devices: int = 1,
     nodes: int | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int | None = None,
+    global_batch: int | None = None,
     optimizer: str = "sgd",
     parallel: str = "data",
     image_size: int | None = None,
@@ -362,61 +309,21 @@ def estimate(
     model_options: dict[str, object] | None = None,
     measured: Measurement | None = None,
 ) -> Estimate:
-    """Predict a training run. ``batch_size`` is the global batch (default 128 per device).
+    """Predict a training run. ``batch_size`` is per device, as in ``convcanon train`` (default: train's, 64);
+    ``global_batch`` gives the images per step instead (not both). ``precision`` takes ``--amp``'s words: auto (bf16
+    where the device computes in bf16 natively, else fp32), off or fp32, tf32, bf16, fp16.
 
     ``data`` names a data set of the catalog (``DATASETS``) or is None with ``images`` giving the training-set size;
     ``images`` also overrides a named set's size. ``device`` is a catalog name (``DEVICES``); or ``measured``, a
-    :class:`~convcanon.estimate.measure.Measurement` of this machine, whose timed step replaces the datasheet model
-    (one device). Raises ValueError naming the flag at fault before any work.
+    :class:`~convcanon.estimate.measure.Measurement` of this machine, whose timed step, evaluation, checkpoint write
+    and start-up replace the datasheet model (one device). Raises ValueError naming the flag at fault before any work.
     """
+    spec = run_spec(model, data=data, images=images, val_images=val_images, epochs=epochs, device=device,
+                    devices=devices, nodes=nodes, precision=precision, batch_size=batch_size,
+                    global_batch=global_batch, optimizer=optimizer, parallel=parallel, image_size=image_size,
+                    network_gbit=network_gbit, link_gbs=link_gbs, epoch_overhead_s=epoch_overhead_s,
+                    measured=measured)  # fmt: skip
     options = dict(model_options or {})
-    if data is None and images is None:
-        raise ValueError("give --data (a known data set) or --images N (your training-set size)")
-    dataset = get_dataset(data) if data is not None else None
-    for flag, value in (("--devices", devices), ("--nodes", nodes), ("--images", images), ("--batch-size", batch_size),
-                        ("--image-size", image_size)):  # fmt: skip
-        _check_positive(flag, value)
-    _check_positive("--epochs", epochs, integer=False)
-    _check_positive("--network-gbit", network_gbit, integer=False)
-    _check_positive("--link-gbs", link_gbs, integer=False)
-    if val_images is not None and (isinstance(val_images, bool) or not isinstance(val_images, int) or val_images < 0):
-        raise ValueError(f"--val-images must be an integer >= 0, got {val_images!r}")
-    if epoch_overhead_s is not None and not epoch_overhead_s >= 0:
-        raise ValueError(f"--epoch-overhead must be >= 0 seconds, got {epoch_overhead_s!r}")
-    _choice("--precision", precision, PRECISIONS)
-    _choice("--optimizer", optimizer, OPTIMIZERS)
-    _choice("--parallel", parallel, PARALLEL)
-    if measured is not None:
-        if device is not None:
-            raise ValueError("--measure times this machine: leave out --device")
-        if precision != measured.precision:
-            raise ValueError(f"--precision {precision} differs from the measured run's {measured.precision}")
-        dev = measured.as_device()
-    elif device is None:
-        raise ValueError(f"give --device (one of: {', '.join(DEVICES)}) or --measure")
-    else:
-        dev = device if isinstance(device, Device) else get_device(device)
-        if not dev.peak(precision):
-            raise ValueError(f"--precision {precision} has no fast path on --device {dev.name}; choices there: "
-                             f"{', '.join(dev.precisions())}")
-    nodes = nodes or math.ceil(devices / dev.devices_per_node)
-    if devices % nodes:
-        raise ValueError(f"--devices {devices} cannot be spread evenly over --nodes {nodes}")
-    if parallel == "towers" and (devices != 2 or nodes != 1):
-        raise ValueError(f"--parallel towers is the paper's two-GPU AlexNet layout: it needs --devices 2 on one node, "
-                         f"got --devices {devices} --nodes {nodes}")
-    if measured is not None and devices != 1:
-        raise ValueError("--measure times one local device: use --devices 1 (the scaling model needs a catalog "
-                         "--device)")
-    replicas = devices if parallel == "data" else 1
-    global_batch = batch_size or DEFAULT_BATCH_PER_DEVICE * replicas
-    if global_batch % replicas:
-        raise ValueError(f"--batch-size {global_batch} must be a multiple of --devices {devices} (the global batch "
-                         f"is split evenly)")
-    per_device = global_batch // replicas
-
-    train_images = images or dataset.train_images  # type: ignore[union-attr]
-    val = val_images if val_images is not None else (dataset.val_images if dataset and images is None else 0)
     plan = plan_input(model, data, image_size, options)
     notes = list(plan.notes)
     options.pop("num_classes", None)
@@ -425,61 +332,78 @@ def estimate(
     if parallel == "towers" and w.towers != 2:
         raise ValueError(f"--parallel towers needs a two-tower model (alexnet or alexnet_cifar with towers=2); "
                          f"{model} as built here has one tower: use --parallel data")
-
-    per_image_s = None
     if measured is not None:
         if (measured.model, measured.input_size) != (model, w.input_size):
             raise ValueError(f"the measurement is of {measured.model} at {measured.input_size}, the run is {model} at "
                              f"{w.input_size}: measure the run's own model and image size")
-        per_image_s = measured.step_s / measured.batch_size
-        notes.append(f"step time measured on this machine ({measured.device}): {measured.images_per_s:.1f} img/s at "
-                     f"batch {measured.batch_size}; the input pipeline is not timed")
+        notes += _measured_notes(measured)
+    return _predict(spec, w, measured, notes)
 
+
+def _predict(spec: RunSpec, w: Workload, measured: Measurement | None, notes: list[str]) -> Estimate:
+    """The cost model proper (the module docstring), for settings ``run_spec`` has checked."""
+    dev, precision, per_device, parallel = spec.device, spec.precision, spec.per_device_batch, spec.parallel
+    per_image_s = measured.step_s / measured.batch_size if measured is not None else None
     share = 0.5 if parallel == "towers" else 1.0
-    step = _step_time(w, dev, precision, per_device, optimizer, share, per_image_s)
+    step = _step_time(w, dev, precision, per_device, spec.optimizer, share, per_image_s)
     comm = exposed = 0.0
     if parallel == "data":
-        comm = allreduce_time(w.params * GRADIENT_BYTES, devices, nodes, dev,
-                              inter_node_gbs=network_gbit / 8 if network_gbit else None, intra_node_gbs=link_gbs)
+        comm = allreduce_time(w.params * GRADIENT_BYTES, spec.devices, spec.nodes, dev,
+                              inter_node_gbs=spec.network_gbit / 8 if spec.network_gbit else None,
+                              intra_node_gbs=spec.link_gbs)
         exposed = comm - min(OVERLAP_FRACTION * comm, step.backward_s)
         one = step.total_s
     else:
         # Both tower GPUs send their half of the crossing layers' inputs (forward) and of the gradients wrt them
         # (backward) at once, over the PCIe/NVLink link; the next layer waits for them, so nothing hides this.
-        link = (link_gbs or dev.intra_node_gbs) * 1e9 * LINK_EFFICIENCY
+        link = (spec.link_gbs or dev.intra_node_gbs) * 1e9 * LINK_EFFICIENCY
         exposed = comm = 2 * per_device * w.tower_exchange_elements * PRECISION_BYTES[precision] / link
-        one = _step_time(w, dev, precision, per_device, optimizer, 1.0, per_image_s).total_s
+        one = _step_time(w, dev, precision, per_device, spec.optimizer, 1.0, per_image_s).total_s
         notes.append("model parallel as in Krizhevsky et al. 2012: each GPU holds one tower (half of every layer) and "
                      "runs the whole batch through it; the GPUs exchange activations at conv3 and the FC layers")
     step_s = step.total_s + exposed
-    images_per_s = global_batch / step_s
     # Weak scaling, as Goyal et al. and Horovod measure it: the same per-device batch on one device. Two towers are
     # compared with one device running the whole model on the whole batch.
     efficiency = one / step_s if parallel == "data" else one / (2 * step_s)
-
-    steps_per_epoch = math.ceil(train_images / global_batch)
-    image_s = per_image_s if per_image_s is not None else _image_time(w, dev, precision)
-    eval_s = val * image_s * share * EVAL_COST_FRACTION / replicas
-    if epoch_overhead_s is None:
-        in_memory = dataset is not None and dataset.in_memory
-        epoch_overhead_s = EPOCH_OVERHEAD_S["memory" if in_memory or dev.arch == "cpu" else "files"]
-    epoch_s = steps_per_epoch * step_s + eval_s + epoch_overhead_s
+    eval_s, overhead_s = _epoch_extras(spec, w, measured, per_image_s, share)
+    # A measured run is convcanon train's, whose epochs drop the last incomplete batch.
+    steps_per_epoch = (max(1, spec.train_images // spec.global_batch) if measured is not None
+                       else math.ceil(spec.train_images / spec.global_batch))
+    epoch_s = steps_per_epoch * step_s + eval_s + overhead_s
+    startup_s = measured.startup_s if measured is not None else 0.0
     peak = None if measured is not None else dev.peak(precision)
     achieved = w.flops_per_image * share * per_device / step_s / 1e12
-    mem = memory_plan(w, dev, precision, per_device, optimizer, share)
     return Estimate(
-        model=model, data=dataset.name if dataset and images is None else f"{train_images} images",
-        input_size="x".join(map(str, w.input_size)), epochs=epochs, train_images=train_images,
-        device=dev.name if measured is None else f"local {measured.device}",
-        devices=devices, nodes=nodes, precision=precision, parallel=parallel, optimizer=optimizer,
-        global_batch=global_batch, per_device_batch=per_device, images_per_s=images_per_s, step_s=step_s,
-        compute_s=step.total_s, allreduce_s=comm, exposed_comm_s=exposed, epoch_s=epoch_s, eval_s=eval_s,
-        overhead_s=epoch_overhead_s, total_s=epochs * epoch_s, scaling_efficiency=efficiency,
-        gflops_per_image=w.flops_per_image / 1e9, achieved_tflops=achieved,
-        utilization=achieved / peak if peak else None, memory=mem, notes=tuple(notes),
+        model=spec.model, data=spec.data, input_size="x".join(map(str, w.input_size)), epochs=spec.epochs,
+        train_images=spec.train_images, device=dev.name if measured is None else f"local {measured.device}",
+        devices=spec.devices, nodes=spec.nodes, precision=precision, parallel=parallel, optimizer=spec.optimizer,
+        global_batch=spec.global_batch, per_device_batch=per_device, images_per_s=spec.global_batch / step_s,
+        step_s=step_s, compute_s=step.total_s, allreduce_s=comm, exposed_comm_s=exposed, epoch_s=epoch_s,
+        eval_s=eval_s, overhead_s=overhead_s, total_s=startup_s + spec.epochs * epoch_s,
+        scaling_efficiency=efficiency, gflops_per_image=w.flops_per_image / 1e9, achieved_tflops=achieved,
+        utilization=achieved / peak if peak else None,
+        memory=memory_plan(w, dev, precision, per_device, spec.optimizer, share), notes=tuple(notes),
+        startup_s=startup_s,
     )  # fmt: skip
 
 
+def _epoch_extras(spec: RunSpec, w: Workload, measured: Measurement | None, per_image_s: float | None,
+                  share: float) -> tuple[float, float]:
+    """(evaluation, other overhead) per epoch. A measured local run: its own evaluation pass at the run's evaluation
+    batch and its own checkpoint write. Otherwise: a forward pass per validation image (a third of a training image)
+    and the recipe overhead of the data's kind (EPOCH_OVERHEAD_S); ``--epoch-overhead`` overrides either."""
+    if measured is not None and measured.eval_image_s:
+        eval_s = spec.val_images * measured.eval_image_s
+    else:
+        image_s = per_image_s if per_image_s is not None else _image_time(w, spec.device, spec.precision)
+        eval_s = spec.val_images * image_s * share * EVAL_COST_FRACTION / spec.replicas
+    if spec.epoch_overhead_s is not None:
+        return eval_s, spec.epoch_overhead_s
+    if measured is not None and measured.checkpoint_s:
+        return eval_s, measured.checkpoint_s
+    return eval_s, EPOCH_OVERHEAD_S["memory" if spec.in_memory or spec.device.arch == "cpu" else "files"]
+
+
 __all__ = [
-    "DATASETS", "Estimate", "InputPlan", "MemoryPlan", "allreduce_time", "estimate", "memory_plan", "plan_input",
+    "DATASETS", "Estimate", "MemoryPlan", "allreduce_time", "estimate", "memory_plan",
 ]  # fmt: skip

@@ -41,21 +41,21 @@ def _goyal(devices: int):
     # Goyal et al. report the time of the training iterations (their Fig. 7 plots time per epoch; 90 of them make the
     # hour), so no evaluation pass or per-epoch recipe overhead is added. 32 images per GPU, 8 GPUs per server.
     return estimate("resnet50", data="imagenet", epochs=IMAGENET_EPOCHS, device="p100", devices=devices,
-                    batch_size=32 * devices, precision="fp32", val_images=0, epoch_overhead_s=0)
+                    batch_size=32, precision="fp32", val_images=0, epoch_overhead_s=0)
 
 
 def _horovod(model: str, devices: int = 512):
     # tf_cnn_benchmarks as in Horovod's docs/benchmarks.rst: --batch_size 64 per GPU, synthetic data, fp32;
     # 128 servers x 4 Pascal GPUs (taken as P100 PCIe) on RoCE 25 Gbit/s (the p100-pcie catalog default).
     return estimate(model, data="imagenet", device="p100-pcie", devices=devices, nodes=max(1, devices // 4),
-                    batch_size=64 * devices, precision="fp32")
+                    batch_size=64, precision="fp32")
 
 
 def _dle(device: str, devices: int, precision: str, per_gpu: int = 256):
     # NVIDIA DeepLearningExamples PyTorch ResNet-50 v1.5 (configs.yml: 256 per GPU, 112 for FP32 on 16GB V100s):
     # 90 epochs with evaluation and a checkpoint every epoch, so the default recipe overhead applies.
     return estimate("resnet50", data="imagenet", epochs=IMAGENET_EPOCHS, device=device, devices=devices,
-                    batch_size=per_gpu * devices, precision=precision)
+                    batch_size=per_gpu, precision=precision)
 
 
 def _tf_p100(model: str):
@@ -84,7 +84,7 @@ PUBLISHED_RUNS: tuple[PublishedRun, ...] = (
     PublishedRun(
         "tf-k80-resnet50", "TensorFlow, 1x K80 (one GK210, GCE), ResNet-50 batch 64: 51.9 img/s", _TF,
         51.9, "img/s", 0.02, "calibrates MATMUL_EFFICIENCY[kepler] (and fermi)",
-        lambda: estimate("resnet50", data="imagenet", device="k80", batch_size=64).images_per_s,
+        lambda: estimate("resnet50", data="imagenet", device="k80", batch_size=64, precision="fp32").images_per_s,
     ),
     PublishedRun(
         "dle-1xv100-amp-throughput", "DLE ResNet-50 v1.5, 1x V100 16GB, AMP, batch 256: 1200 img/s", _DLE,
@@ -271,7 +271,7 @@ def canon_cost_table(devices: tuple[str, ...] = GENERATIONS, models: tuple[str, 
         for device in devices:
             prec = precision or best_precision(device)
             e = estimate(model, data="imagenet", epochs=epochs, device=device, devices=count,
-                         batch_size=batch_per_device * count, precision=prec)
+                         batch_size=batch_per_device, precision=prec)
             rows.append({
                 "model": model, "device": device, "devices": count, "precision": prec,
                 "images_per_s": round(e.images_per_s, 1), "hours": round(e.total_hours, 2),

@@ -140,7 +140,7 @@ def resolve_shape(cfg: BenchConfig, data_info: Any | None = None) -> Shape:
 
 
 def build_model(cfg: BenchConfig, shape: Shape) -> nn.Module:
-    from ..train.run import build_model as build
+    from ..train.settings import build_model as build
 
     return build(cfg.model, cfg.model_options, num_classes=shape.num_classes, in_chans=shape.in_chans,
                  image_size=shape.image_size, for_what=f"--data {cfg.data}" if cfg.data else "--image-size")

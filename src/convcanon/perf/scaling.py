@@ -81,7 +81,7 @@ def _worker(args: argparse.Namespace) -> None:
     from ..registry import model_info
     from ..train.config import TrainConfig
     from ..train.engine import engine_for
-    from ..train.run import build_model
+    from ..train.settings import build_model
     from ..train.step import TrainStep
 
     cfg = TrainConfig(model=args.model, model_options=json.loads(args.model_options), batch_size=args.batch_size,

@@ -153,31 +153,46 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConf
     return cfg
 
 
+MAX_IMAGE_SIZE = 4096  # a side past this is a typo (a 4096x4096 input is ~100x ImageNet's per image)
+MAX_SEED = 2**63  # seeds are 63-bit (data.base.derive_seed)
+
+# The valid range of every numeric setting: (key, is the value in range?, the range in words).
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    *((key, lambda v: v >= 1, "an integer >= 1") for key in (
+        "epochs", "batch_size", "accum_steps", "base_batch", "keep_checkpoints", "log_every", "pipeline_stages",
+        "microbatches")),
+    *((key, lambda v: v >= 0, "an integer >= 0") for key in ("checkpoint_every", "max_steps", "workers")),
+    ("seed", lambda v: 0 <= v < MAX_SEED, "an integer in [0, 2**63)"),
+    ("image_size", lambda v: v is None or 1 <= v <= MAX_IMAGE_SIZE, f"a side in pixels from 1 to {MAX_IMAGE_SIZE}"),
+    ("lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("gamma", lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    *((key, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0") for key in (
+        "weight_decay", "warmup_epochs", "aux_weight", "grad_clip")),
+    ("dist_timeout", lambda v: math.isfinite(v) and v > 0, "a number of seconds > 0"),
+    ("milestones", lambda v: all(m >= 0 for m in v) and v == sorted(set(v)), "increasing epochs >= 0"),
+    ("pipeline_split", lambda v: all(n >= 1 for n in v), "layers per stage, each >= 1"),
+)
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config key: ``batch_size`` -> ``--batch-size``."""
+    return "--" + key.replace("_", "-")
+
+
 def validate(cfg: TrainConfig, where: str = "config") -> None:
-    """Range checks that do not need the data or the model."""
-    positive = ("epochs", "batch_size", "accum_steps", "base_batch", "keep_checkpoints", "log_every")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{where}: {key} must be >= 1; got {getattr(cfg, key)}")
-    for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "aux_weight", "grad_clip", "momentum"):
-        if getattr(cfg, key) < 0 or not math.isfinite(getattr(cfg, key)):
-            raise ValueError(f"{where}: {key} must be a finite number >= 0; got {getattr(cfg, key)}")
-    if cfg.lr == 0:
-        raise ValueError(f"{where}: lr must be > 0")
-    if cfg.label_smoothing >= 1:
-        raise ValueError(f"{where}: label_smoothing must be < 1; got {cfg.label_smoothing}")
+    """Every range check that needs neither the data nor the model; each error names the flag and its valid range."""
+    for key, ok, valid in _RANGES:
+        value = getattr(cfg, key)
+        if not ok(value):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            raise ValueError(f"{where}: {flag_name(key)} must be {valid}; got {shown}")
     if cfg.warmup_epochs > cfg.epochs:
-        raise ValueError(f"{where}: warmup_epochs ({cfg.warmup_epochs}) exceeds epochs ({cfg.epochs})")
-    if cfg.schedule == "step" and sorted(cfg.milestones) != list(cfg.milestones):
-        raise ValueError(f"{where}: milestones must be increasing epochs; got {cfg.milestones}")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise ValueError(f"{where}: image_size must be >= 1; got {cfg.image_size}")
-    for key in ("checkpoint_every", "max_steps", "workers"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"{where}: {key} must be >= 0; got {getattr(cfg, key)}")
+        raise ValueError(f"{where}: --warmup-epochs ({cfg.warmup_epochs}) must be at most --epochs ({cfg.epochs})")
     if cfg.decode == "gpu" and cfg.device == "cpu":
-        raise ValueError(f"{where}: decode gpu decodes JPEGs on a CUDA device, and device is cpu: use decode auto or "
-                         "cpu")
+        raise ValueError(f"{where}: --decode gpu decodes JPEGs on a CUDA device, and --device is cpu: use --decode "
+                         "auto or cpu")
     _validate_scaling(cfg, where)
 
 
@@ -185,27 +200,20 @@ def _validate_scaling(cfg: TrainConfig, where: str) -> None:
     from .distributed import BACKENDS
 
     if cfg.dist_backend is not None and cfg.dist_backend not in BACKENDS:
-        raise ValueError(f"{where}: dist_backend must be one of {', '.join(BACKENDS)}; got {cfg.dist_backend!r}")
-    if not cfg.dist_timeout > 0 or not math.isfinite(cfg.dist_timeout):
-        raise ValueError(f"{where}: dist_timeout must be a number of seconds > 0; got {cfg.dist_timeout}")
-    for key in ("pipeline_stages", "microbatches"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{where}: {key} must be >= 1; got {getattr(cfg, key)}")
+        raise ValueError(f"{where}: --dist-backend must be one of {', '.join(BACKENDS)}; got {cfg.dist_backend!r}")
     if cfg.pipeline_split and len(cfg.pipeline_split) != cfg.pipeline_stages:
-        raise ValueError(f"{where}: pipeline_split gives {len(cfg.pipeline_split)} stage sizes "
-                         f"{cfg.pipeline_split} for pipeline_stages {cfg.pipeline_stages}: give one per stage")
-    if any(n < 1 for n in cfg.pipeline_split):
-        raise ValueError(f"{where}: pipeline_split sizes must be >= 1 layer each; got {cfg.pipeline_split}")
+        raise ValueError(f"{where}: --pipeline-split gives {len(cfg.pipeline_split)} stage sizes "
+                         f"{cfg.pipeline_split} for --pipeline-stages {cfg.pipeline_stages}: give one per stage")
     if cfg.pipeline_stages > 1:
         if cfg.batch_size % cfg.microbatches:
-            raise ValueError(f"{where}: batch_size {cfg.batch_size} must be a multiple of microbatches "
+            raise ValueError(f"{where}: --batch-size {cfg.batch_size} must be a multiple of --microbatches "
                              f"{cfg.microbatches} (the pipeline splits each batch into equal micro-batches)")
         if cfg.accum_steps != 1:
-            raise ValueError(f"{where}: accum_steps must be 1 with pipeline_stages > 1: the pipeline accumulates "
+            raise ValueError(f"{where}: --accum-steps must be 1 with --pipeline-stages > 1: the pipeline accumulates "
                              "over its micro-batches already (raise --batch-size and --microbatches instead)")
         if cfg.sync_bn:
-            raise ValueError(f"{where}: sync_bn is for data parallelism; a pipeline has one replica (batch norm sees "
-                             "each micro-batch: see the README's pipeline section)")
+            raise ValueError(f"{where}: --sync-bn is for data parallelism; a pipeline has one replica (batch norm "
+                             "sees each micro-batch: see the README's pipeline section)")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -232,14 +240,25 @@ def dump_yaml(cfg: TrainConfig) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line: one flag per field, generated from the dataclass so the two can never disagree.
 
-# Flags whose choices need more than their names (the rest say their default only).
+# What each flag means, for the flags whose name and default do not say it all; every command that takes the flag shows
+# this text (``add_shared_flags``), so it means the same thing everywhere.
 _FLAG_HELP = {
+    "model": "a model of the zoo (`convcanon models` lists them)",
+    "model_options": "a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
+    "data": "the data set: digits, synthetic[:C[:S[:K]]], cifar10:PATH, cifar100:PATH, folder:PATH or PATH (an "
+            "ImageFolder tree)",
+    "batch_size": "images per device in each step (a micro-batch under --accum-steps); the global batch is this x "
+                  "processes x --accum-steps",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
     "amp": "autocast precision: auto = bf16 where the GPU (Ampere+) or CPU (AVX512-BF16/AMX) computes in bf16 "
            "natively, else off (fp32); fp16 uses a loss scaler, CUDA only",
     "channels_last": "NHWC memory format; auto = on, except for models with local response norm",
     "compile": "torch.compile the model; auto = on CUDA (capability >= 7.0), off on CPU where it does not pay",
+    "deterministic": "deterministic kernels (turns cuDNN autotuning off)",
+    "device": "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)",
     "image_size": "input side: the crop of folder data (224 if not given) or a resize of in-memory data (their own "
                   "size if not given)",
+    "workers": "DataLoader worker processes for folder data",
     "dist_backend": "torch.distributed backend (not given: nccl on CUDA, gloo on CPU)",
     "out": "run directory (not given: runs/<model>-<data>-<time>)",
     "activation_checkpointing": "recompute ResNet blocks in backward: about half the activation memory for ~1/3 more "
@@ -247,6 +266,24 @@ _FLAG_HELP = {
     "decode": "where folder data's JPEGs are decoded: cpu = PIL in the DataLoader workers, gpu = nvJPEG on the CUDA "
               "device in batches, auto = gpu only on CUDA and only when timing 64 files says it is faster",
 }
+
+# The groups of flags other commands share with train (``add_shared_flags``).
+MODEL_FLAGS = ("model", "model_options")
+DATA_FLAGS = ("data", "image_size", "workers", "decode")
+ENGINE_FLAGS = ("amp", "channels_last", "compile", "deterministic", "device")
+
+_TRAIN_DEFAULT: Any = object()
+
+
+@dataclass(frozen=True)
+class FlagOverride:
+    """How a command other than train takes one of train's flags: the meaning, type and choices stay train's."""
+
+    default: Any = _TRAIN_DEFAULT  # the command's own default (its help states it); unset: TrainConfig's
+    default_text: str | None = None  # the default in words, where its value does not say it
+    note: str = ""  # what the flag does in this command, after the shared help
+    extra_choices: tuple[str, ...] = ()  # values only this command takes (estimate's --amp tf32)
+    aliases: tuple[str, ...] = ()  # further names (estimate's --precision for --amp)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -266,35 +303,57 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per TrainConfig field; every default is None (= not given)."""
+    """Add ``--config`` and one flag per TrainConfig field; every default is None (= not given: the YAML's value, else
+    the dataclass default, which the help states)."""
     parser.add_argument("--config", metavar="FILE.yaml", help="load settings from a YAML file; flags override it")
-    hints = _field_types()
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "model_options":
-            parser.add_argument(
-                "--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-                help="a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
-            )  # fmt: skip
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        annotation = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        helptext = f"(default: {default})"
-        if f.name in _FLAG_HELP:  # a None default is explained there ("not given: ...")
-            helptext = _FLAG_HELP[f.name] if default is None and "not given" in _FLAG_HELP[f.name] else \
-                f"{_FLAG_HELP[f.name]} {helptext}"
-        args = typing.get_args(annotation)
-        if annotation is bool or set(args) == {bool, type(None)}:  # bool | None: not given = the default (auto)
-            if default is None:
-                helptext = helptext.replace("(default: None)", "(default: auto)")
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
-        elif typing.get_origin(annotation) is Literal:
-            parser.add_argument(flag, dest=f.name, choices=args, default=None, help=helptext)
-        elif typing.get_origin(annotation) is list:
-            parser.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, help=helptext)
-        else:
-            base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
-            parser.add_argument(flag, dest=f.name, type=base, default=None, help=helptext)
+        _add_flag(parser, f.name, FlagOverride(), given_only=True)
+
+
+def add_shared_flags(parser: argparse.ArgumentParser, keys: tuple[str, ...],
+                     overrides: dict[str, FlagOverride] | None = None) -> None:
+    """Add train's flags for the TrainConfig fields ``keys`` to another command's ``parser``: the same names, types,
+    choices and help, so that a flag means the same thing in every command. ``overrides`` gives a command its own
+    default or note for a flag (``FlagOverride``); the parsed defaults are values (TrainConfig's unless overridden),
+    except ``--model-option``'s, None for no option."""
+    for key in keys:
+        _add_flag(parser, key, (overrides or {}).get(key, FlagOverride()), given_only=False)
+
+
+def _in_words(default: Any, is_bool: bool) -> str:
+    if is_bool:
+        return {None: "auto", True: "on", False: "off"}[default]
+    return "none" if default in ({}, []) else str(default)
+
+
+def _add_flag(parser: argparse.ArgumentParser, key: str, override: FlagOverride, *, given_only: bool) -> None:
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+    annotation = _field_types()[key]
+    args = typing.get_args(annotation)
+    is_bool = annotation is bool or set(args) == {bool, type(None)}  # bool | None: None = auto
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if override.default is not _TRAIN_DEFAULT:
+        default = override.default
+    core = _FLAG_HELP.get(key, "")
+    shown = override.default_text or _in_words(default, is_bool)
+    # A None default the help explains ("not given: ...") needs no "(default: None)".
+    helptext = core if default is None and "not given" in core and not override.default_text else \
+        f"{core} (default: {shown})".strip()
+    if override.note:
+        helptext = f"{helptext}; {override.note}"
+    names = ("--model-option" if key == "model_options" else "--" + key.replace("_", "-"), *override.aliases)
+    value = None if given_only or key == "model_options" else default
+    if key == "model_options":
+        parser.add_argument(*names, dest=key, action="append", metavar="KEY=VALUE", default=None, help=helptext)
+    elif is_bool:
+        parser.add_argument(*names, dest=key, action=argparse.BooleanOptionalAction, default=value, help=helptext)
+    elif typing.get_origin(annotation) is Literal:
+        parser.add_argument(*names, dest=key, choices=(*args, *override.extra_choices), default=value, help=helptext)
+    elif typing.get_origin(annotation) is list:
+        parser.add_argument(*names, dest=key, type=int, nargs="+", default=value, help=helptext)
+    else:
+        base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
+        parser.add_argument(*names, dest=key, type=base, default=value, help=helptext)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:

@@ -79,6 +79,10 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
             raise ValueError(f"--device {preference}: CUDA is not available on this machine; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()  # reads the count without initializing CUDA
+        if device.index >= count:
+            raise ValueError(f"--device {preference}: this machine has {count} CUDA device(s), cuda:0 to "
+                             f"cuda:{count - 1}")
     return device
 
 

@@ -12,6 +12,13 @@ from torch import nn
 from ..layers import logits_of
 from .distributed import DistContext
 
+EVAL_MIN_BATCH = 256  # evaluation keeps no activations for backward, so it takes larger batches than training
+
+
+def eval_batch_size(batch_size: int) -> int:
+    """The batch a run evaluates with, for training batch ``batch_size``."""
+    return max(batch_size, EVAL_MIN_BATCH)
+
 
 @torch.no_grad()
 def evaluate(

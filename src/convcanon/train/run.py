@@ -5,11 +5,11 @@ and the summary; a strategy (``train.strategy``: one device; ``convcanon.paralle
 only what differs between them, and the engine's :class:`~convcanon.train.step.TrainStep` owns the step. A *step* is
 one optimizer update, everywhere: schedule, logs, checkpoints, ``max_steps``.
 
-The order of a run: settings checked (nothing written yet); the process group; the run directory claimed (or the
-newest valid checkpoint found); seeds; the data; the model (the same weights on every process); the engine's choices;
-the plan (global batch, scaled LR, warmup); the model placed by the strategy; the checkpoint's state restored; the
-run's files written and its plan printed; then epochs of steps, each epoch ending in an exact evaluation and a
-checkpoint; last the final weights (``model.safetensors``) and ``summary.json``.
+The order of a run: settings checked (``train.settings``: nothing created, opened or written yet); the process group;
+the run directory claimed (or the newest valid checkpoint found); seeds; the data; the model (the same weights on
+every process); the engine's choices; the plan (global batch, scaled LR, warmup); the model placed by the strategy;
+the checkpoint's state restored; the run's files written and its plan printed; then epochs of steps, each epoch
+ending in an exact evaluation and a checkpoint; last the final weights (``model.safetensors``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import __version__
 from ..io import RunLock, atomic_write_json, atomic_write_text, remove_stale_temps
-from ..registry import create_model, model_info, model_options
 from . import checkpoint as ckpt
 from . import engine as engine_lib
 from .config import TrainConfig, dump_yaml, to_dict
 from .distributed import restart_count
+from .evaluate import eval_batch_size
 from .metrics import MetricsLog
 from .optim import Plan, lr_at
 from .reproducibility import restore_rng_state, seed_everything, set_deterministic
 from .rundir import claim_new_run_dir, default_run_dir, restarted_run, run_facts
+from .settings import build_model, check_settings
 from .signals import RunInterrupted, StopSignals
 from .step import NonFiniteLossError
 from .strategy import SingleDevice, Strategy
@@ -51,28 +51,6 @@ class RunResult:
     final: dict[str, Any] = field(default_factory=dict)  # last evaluation
     best_top1: float | None = None
     seconds: float = 0.0
-
-
-def build_model(name: str, options: dict[str, Any], *, num_classes: int, in_chans: int, image_size: int,
-                for_what: str = "the input") -> nn.Module:
-    """Model ``name`` with ``options`` for inputs of ``in_chans`` channels, ``image_size`` pixels square and
-    ``num_classes`` classes; ``in_chans`` goes into the options of models that take it, and the rest is checked:
-    a channel count the model cannot take, or a side smaller than it accepts, is a ValueError naming the flag to
-    change (``for_what`` says where the input comes from, e.g. "--data digits")."""
-    info = model_info(name)
-    options = dict(options)
-    if "in_chans" in model_options(name) and "in_chans" not in options:
-        options["in_chans"] = in_chans
-    elif options.get("in_chans", info.input_size[0]) != in_chans:
-        raise ValueError(f"--model {name} takes {options.get('in_chans', info.input_size[0])}-channel input but "
-                         f"{for_what} has {in_chans} channel(s)")
-    model = create_model(name, num_classes=num_classes, **options)
-    min_size = getattr(model, "min_size", 1)
-    if image_size < min_size:
-        raise ValueError(f"--model {name} needs inputs of at least {min_size}x{min_size} pixels; {for_what} gives "
-                         f"{image_size}x{image_size}: pass --image-size {min_size} (or larger) or pick a small-image "
-                         "model")
-    return model
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, strategy: Strategy | None = None,
@@ -104,6 +82,7 @@ class Run:
         from ..data.scan import BadDataError
 
         t_start = time.perf_counter()
+        check_settings(self.cfg)  # before anything is created, opened or written
         self.strategy.check(self.cfg)
         self.ctx = self.strategy.setup(self.cfg)
         self.lock: RunLock | None = None
@@ -333,7 +312,7 @@ class Run:
 
     def _evaluate_and_save(self) -> None:
         t_eval = time.perf_counter()
-        final = self.strategy.evaluate(self.placement, self.data, self.engine, max(self.cfg.batch_size, 256))
+        final = self.strategy.evaluate(self.placement, self.data, self.engine, eval_batch_size(self.cfg.batch_size))
         self.window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
         is_best = self.best_top1 is None or final["top1"] > self.best_top1
         self.best_top1 = final["top1"] if is_best else self.best_top1
