@@ -35,6 +35,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+SMALLEST_SIDE = 8  # the embedded digits' side: the smallest input any experiment of this tool trains on
+
+
+def check_memory(cfg, data) -> None:
+    """Refuse a step that cannot fit in this device's memory, with the estimator's figure (``estimate.fits``); a
+    pipeline spreads the model over its stages and activation checkpointing keeps less, so both are left to run."""
+    if cfg.pipeline_stages > 1 or cfg.activation_checkpointing:
+        return
+    from ..estimate.fits import check_fits
+    from ..train.distributed import resolve_device
+    from ..train.engine import resolve_amp
+
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    amp = resolve_amp(cfg.amp, device)
+    check_fits(cfg.model, cfg.model_options, num_classes=data.num_classes, in_chans=data.in_chans,
+               image_size=data.image_size, micro_batch=cfg.batch_size, precision="fp32" if amp == "off" else amp,
+               optimizer=cfg.optimizer, device=device,
+               size_flag="the side S of --data synthetic:C:S:K" if cfg.data.startswith("synthetic:") and
+               cfg.image_size is None else "--image-size")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..parallel import strategy_for
     from ..train.config import config_from_args
@@ -45,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     cfg, given = config_from_args(args)
     if args.resume:
         cfg = resume_config(args.resume, cfg.__dict__, given)
-    check_settings(cfg)  # every setting, before anything is created, opened or written
+    data = check_settings(cfg)  # every setting, before anything is created, opened or written
+    check_memory(cfg, data)
+    if data.image_size < SMALLEST_SIDE and int(os.environ.get("RANK", "0")) == 0:
+        print(f"convcanon train: warning: the images are {data.image_size}x{data.image_size} pixels, smaller than the "
+              f"{SMALLEST_SIDE}x{SMALLEST_SIDE} of the smallest data set the canon's networks are shown on (digits): "
+              "the network sees little more than each image's mean colour; raise --image-size",
+              file=sys.stderr, flush=True)
     try:
         train(cfg, resume=args.resume, strategy=strategy_for(cfg))
     except NonFiniteLossError as err:

@@ -99,6 +99,9 @@ def catalog_precision(amp: str, dev: Device) -> str:
     return precision
 
 
+MAX_EPOCHS = 100_000  # far past any real schedule, small enough that every figure derived from it stays finite
+
+
 def priced_device(device: str | Device | None, precision: str, measured: Measurement | None) -> tuple[Device, str]:
     """The device a run is priced on and its precision: a catalog entry, or the measured local device."""
     if measured is None:
@@ -140,6 +143,8 @@ def check_flags(*, data: str | None, images: int | None, val_images: int | None,
                         ("--global-batch", global_batch), ("--image-size", image_size)):  # fmt: skip
         check_positive(flag, value)
     check_positive("--epochs", epochs, integer=False)
+    if epochs > MAX_EPOCHS:
+        raise ValueError(f"--epochs must be at most {MAX_EPOCHS:,} (the canon's runs take 16 to 600); got {epochs:g}")
     check_positive("--network-gbit", network_gbit, integer=False)
     check_positive("--link-gbs", link_gbs, integer=False)
     if val_images is not None and (isinstance(val_images, bool) or not isinstance(val_images, int) or val_images < 0):
@@ -202,6 +207,10 @@ def run_spec(model: str, *, data: str | None, images: int | None, val_images: in
     replicas = devices if parallel == "data" else 1
     per_device, global_b = batches(batch_size, global_batch, replicas, devices)
     train_images = images or dataset.train_images  # type: ignore[union-attr]
+    if global_b > train_images:
+        raise ValueError(f"the global batch ({global_b:,} images: {per_device:,} per device x {replicas:,} replicas) "
+                         f"is larger than the training set ({train_images:,} images): one step would be more than an "
+                         "epoch; lower --devices or --batch-size")
     val = val_images if val_images is not None else (dataset.val_images if dataset and images is None else 0)
     return RunSpec(
         model=model, data=dataset.name if dataset and images is None else f"{train_images} images",

@@ -143,10 +143,12 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConf
     if unknown:
         import difflib
 
-        hints_txt = "; ".join(
-            f"{k!r} (did you mean {', '.join(difflib.get_close_matches(k, hints, n=2)) or 'none'}?)" for k in unknown
-        )
-        raise ValueError(f"{where}: unknown key(s) {hints_txt}")
+        def hint(key: str) -> str:
+            close = difflib.get_close_matches(key, hints, n=2)
+            return f"{key!r} (did you mean {' or '.join(close)}?)" if close else repr(key)
+
+        raise ValueError(f"{where}: unknown key(s) {'; '.join(map(hint, unknown))}; the keys are the long flags of "
+                         "`convcanon train --help` with _ for -, e.g. batch_size")
     checked = {k: _check_type(k, v, hints[k], where) for k, v in values.items()}
     cfg = TrainConfig(**checked)
     validate(cfg, where)
@@ -216,14 +218,25 @@ def _validate_scaling(cfg: TrainConfig, where: str) -> None:
                              "sees each micro-batch: see the README's pipeline section)")
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p) or str(err)
+    return where + " ".join(what.split())
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path}: not a text file (byte {err.start} is not UTF-8); a config is YAML text"
+                         ) from None
     except yaml.YAMLError as err:
-        raise ValueError(f"--config {path}: not valid YAML: {err}") from None
+        raise ValueError(f"--config {path}: not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping of config keys, got {type(values).__name__}")
     return values
