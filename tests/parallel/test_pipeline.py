@@ -40,6 +40,9 @@ MODELS = [
     ("alexnet", {"batch_norm": True}, 227),
     ("alexnet_owt", {}, 224),
     ("alexnet_cifar", {}, 32),
+    ("googlenet_cifar", {}, 32),  # aux heads off (its default): a chain like the others
+    ("googlenet", {"aux_heads": False}, 64),
+    ("googlenet_cifar", {"head": "fc"}, 32),
 ]
 
 
@@ -69,9 +72,11 @@ def test_layer_names_follow_the_model():
     assert names == [f"features.conv{i}" for i in range(1, 6)] + ["classifier.0", "classifier.4", "classifier.6"]
 
 
-def test_googlenet_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="auxiliary heads"):
-        pipeline_layers(convcanon.create_model("googlenet_cifar"))
+def test_models_with_auxiliary_heads_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="auxiliary heads.*aux_heads=false"):
+        pipeline_layers(convcanon.create_model("googlenet_cifar", aux_heads=True))
+    with pytest.raises(ValueError, match="blocks"):
+        pipeline_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)))
 
 
 def test_flop_costs_add_up_to_the_whole_model():

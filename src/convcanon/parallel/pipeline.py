@@ -4,10 +4,10 @@
 
 How a model becomes a pipeline:
 
-1. :func:`pipeline_layers` flattens a model of the resnet, resnet_cifar, vgg or alexnet family into its ordered list
-   of layers (the stem, each residual block, each conv with its norm/activation/pool, each FC with its activation and
-   dropout); composed in order they compute exactly ``model(x)``. The model files are not touched: the adapter knows
-   each family's structure.
+1. :func:`pipeline_layers` takes a model's ordered list of layers from the model contract, ``model.blocks()`` (the
+   stem, each residual block, Inception module or conv with its norm/activation/pool, each FC with its activation and
+   dropout); composed in order they compute exactly ``model(x)``. Models with auxiliary heads (GoogLeNet with
+   ``aux_heads=True``) are refused: their heads branch off the chain in training.
 2. The split into K contiguous stages balances the measured cost of each layer (:func:`layer_costs`: forward FLOPs
    counted by ``torch.utils.flop_counter`` on the meta device, or forward+backward time measured on the device) by
    minimizing the slowest stage (:func:`balance`), or is given by hand (``--pipeline-split 5 6``: layers per stage).
@@ -28,6 +28,7 @@ model's state dict, so ``convcanon eval`` and ``model.safetensors`` need no pipe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import platform
@@ -41,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-PIPELINE_FAMILIES = ("resnet", "resnet_cifar", "vgg", "alexnet")
+from ..layers import checkpoint_seq
 
 
 class Layer(NamedTuple):
@@ -53,54 +54,21 @@ class Layer(NamedTuple):
 # Flattening a model into layers
 
 
-def _weighted(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Conv2d, nn.Linear))
-
-
-def _group(prefix: str, seq: nn.Sequential) -> list[tuple[str, list[nn.Module]]]:
-    """Children of ``seq`` grouped so that each group starts at a conv or linear layer (what follows it, e.g. norm,
-    activation, pool, dropout, stays with it; anything before the first one joins the first group)."""
-    groups: list[tuple[str, list[nn.Module]]] = []
-    for name, child in seq.named_children():
-        if not groups or (_weighted(child) and any(_weighted(m) for m in groups[-1][1])):
-            groups.append((f"{prefix}.{name}", [child]))
-        else:
-            groups[-1][1].append(child)
-    return groups
-
-
-def _head(prefix: list[nn.Module], classifier: nn.Module, name: str) -> list[Layer]:
-    """The pooling (and flatten) of a head joined to its classifier's first layer; a tower split per Linear."""
-    if isinstance(classifier, nn.Sequential) and sum(_weighted(m) for m in classifier) > 1:
-        groups = _group(name, classifier)
-        groups[0] = (groups[0][0], [*prefix, *groups[0][1]])
-        return [Layer(n, nn.Sequential(*mods)) for n, mods in groups]
-    return [Layer(name, nn.Sequential(*prefix, classifier))]
-
-
 def pipeline_layers(model: nn.Module) -> list[Layer]:
-    """``model`` as an ordered list of layers whose composition is ``model.forward`` (without its input check).
+    """``model`` as an ordered list of layers whose composition is ``model.forward`` (without its input check): the
+    model contract's ``blocks()``, which hold the model's own modules (no parameter is copied).
 
-    The layers hold the model's own modules: no parameter is copied. Raises ValueError for a family it does not know
-    (GoogLeNet: its auxiliary heads branch off in the middle, which a linear pipeline cannot carry).
+    Raises ValueError for a model without ``blocks()`` and for one with auxiliary heads (``has_aux``: GoogLeNet's
+    branch off mid-network in training, which a linear pipeline cannot carry).
     """
-    from ..models.alexnet import AlexNet
-    from ..models.resnet import ResNet
-    from ..models.resnet_cifar import ResNetCifar
-    from ..models.vgg import VGG
-
-    if isinstance(model, (ResNet, ResNetCifar)):
-        stem = [model.conv1, model.bn1, model.act] + ([model.maxpool] if isinstance(model, ResNet) else [])
-        layers = [Layer("stem", nn.Sequential(*stem))]
-        layers += [Layer(name, block) for name, block in model.blocks()]
-        return layers + _head([model.avgpool, nn.Flatten(1), model.dropout], model.fc, "fc")
-    if isinstance(model, (VGG, AlexNet)):
-        layers = [Layer(n, nn.Sequential(*mods)) for n, mods in _group("features", model.features)]
-        return layers + _head([model.avgpool, nn.Flatten(1)], model.classifier, "classifier")
     name = getattr(model, "name", type(model).__name__)
-    raise ValueError(f"pipeline parallelism supports the {', '.join(PIPELINE_FAMILIES)} families; {name} is not one "
-                     "of them (GoogLeNet's auxiliary heads branch off mid-network, which a linear pipeline cannot "
-                     "carry): train it data-parallel instead")
+    if not callable(getattr(model, "blocks", None)):
+        raise ValueError(f"pipeline parallelism splits a model's blocks(); {name} has none (every model of the zoo "
+                         "has)")
+    if getattr(model, "has_aux", False):
+        raise ValueError(f"{name} has auxiliary heads, which branch off mid-network in training and a linear "
+                         "pipeline cannot carry: pass --model-option aux_heads=false, or train it data-parallel")
+    return [Layer(block_name, block) for block_name, block in model.blocks()]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,21 +209,23 @@ class StageModule(nn.Sequential):
     def __init__(self, layers: list[Layer], autocast=None, memory_format=torch.contiguous_format) -> None:
         super().__init__(*[layer.module for layer in layers])
         self._names = [layer.name for layer in layers]
+        self.grad_checkpointing = False
         self._autocast = autocast
         self._memory_format = memory_format
 
-    def blocks(self) -> list[tuple[str, nn.Module]]:
-        """The residual blocks among this stage's layers (for --activation-checkpointing, as ``ResNet.blocks``)."""
-        return [(name, m) for name, m in zip(self._names, self) if not isinstance(m, nn.Sequential)]
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each of this stage's layers in backward (--activation-checkpointing, as the model's own)."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
             x = x.contiguous(memory_format=self._memory_format)
+        run = functools.partial(checkpoint_seq, self) if self.grad_checkpointing else super().forward
         if self._autocast is None:
-            y = super().forward(x)
+            y = run(x)
         else:
             with self._autocast():
-                y = super().forward(x)
+                y = run(x)
         return y.float().contiguous()
 
 
@@ -636,6 +606,6 @@ def train_pipeline(cfg, *, resume: str | Path | None = None, out_stream=None):
 
 
 __all__ = [
-    "Layer", "PIPELINE_FAMILIES", "StageModule", "balance", "describe_split", "evaluate_pipeline", "layer_costs",
+    "Layer", "StageModule", "balance", "describe_split", "evaluate_pipeline", "layer_costs",
     "layer_shapes", "make_schedule", "pipeline_layers", "resolve_split", "run_step", "train_pipeline",
 ]
