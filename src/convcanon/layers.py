@@ -192,12 +192,16 @@ def _first(v: int | Sequence[int]) -> int:
 
 
 def window_of(module: nn.Module) -> Window | None:
-    """The window of a convolution or a (max, average) pool; None for layers that keep or fix the size."""
-    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        k, s, p = (_first(v) for v in (module.kernel_size, module.stride, module.padding))  # type: ignore[arg-type]
-        dilation = _first(module.dilation) if isinstance(module, (nn.Conv2d, nn.MaxPool2d)) else 1  # type: ignore[arg-type]
-        ceil = bool(getattr(module, "ceil_mode", False))
-        return Window(k, s, p, dilation, ceil)
+    """The window of a convolution or a (max, average) pool along the height; None for layers that keep the size or
+    set it (adaptive pools). The zoo's windows are square."""
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str):
+            raise ValueError(f"{module}: a padding given by name has no fixed window")
+        return Window(module.kernel_size[0], module.stride[0], module.padding[0], module.dilation[0])
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        dilation = _first(module.dilation) if isinstance(module, nn.MaxPool2d) else 1
+        return Window(_first(module.kernel_size), _first(module.stride), _first(module.padding), dilation,
+                      module.ceil_mode)  # fmt: skip
     return None
 
 
@@ -295,11 +299,13 @@ def checkpoint_block(block: nn.Module, x: Tensor) -> Tensor:
     """``block(x)``, keeping only ``x`` for backward and recomputing the rest there (Chen et al. 2016, "Training
     Deep Nets with Sublinear Memory Cost"). Without grad there is nothing to keep, and it is ``block(x)``."""
     if not torch.is_grad_enabled():
-        return block(x)  # type: ignore[no-any-return]
-    return torch.utils.checkpoint.checkpoint(  # type: ignore[no-any-return]
+        y: Tensor = block(x)
+        return y
+    y = torch.utils.checkpoint.checkpoint(
         block, x, use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), _recompute_without_stat_updates(block)),
     )  # fmt: skip
+    return y
 
 
 def checkpoint_seq(blocks: Iterable[nn.Module | tuple[str, nn.Module]], x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import fnmatch
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import nn
 
@@ -49,7 +49,9 @@ class Option:
             return
         if not _is_a(value, self.type):
             raise ValueError(f"{where} must be {_TYPE_NAMES[self.type]}; got {value!r}")
-        if self.low is not None and value < self.low or self.high is not None and value >= self.high:  # type: ignore[operator]
+        number = float(value) if isinstance(value, (int, float)) else None
+        if number is not None and (self.low is not None and number < self.low or self.high is not None
+                                   and number >= self.high):
             raise ValueError(f"{where} must be {self.valid()}; got {value!r}")
 
     def valid(self) -> str:
@@ -124,11 +126,11 @@ def register_model(
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         summary = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
-        _MODELS[name] = ModelInfo(name, family, depth, tuple(input_size), num_classes, builder, summary, options)  # type: ignore[arg-type]
+        _MODELS[name] = ModelInfo(name, family, depth, input_size, num_classes, builder, summary, options)
 
         @functools.wraps(builder)
         def build(num_classes: int | None = None, **kwargs: Any) -> M:
-            return create_model(name, num_classes=num_classes, **kwargs)  # type: ignore[return-value]
+            return cast(M, create_model(name, num_classes=num_classes, **kwargs))
 
         return build
 

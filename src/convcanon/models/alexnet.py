@@ -18,11 +18,9 @@ both towers: there the GPUs exchanged activations, and there a model-parallel sp
 normalize within each tower, as each GPU normalized its own maps.
 """
 
-from __future__ import annotations
-
 import re
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +126,8 @@ class AlexNet(CanonModel):
     """
 
     classifier_name = "classifier"
+    if TYPE_CHECKING:  # for type checkers only (TorchScript reads class annotations)
+        classifier: nn.Sequential
 
     def __init__(
         self,
@@ -198,11 +198,12 @@ class AlexNet(CanonModel):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        bias_one = [self.features.get_submodule(f"conv{i}") for i in (2, 4, 5)]
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        bias_one: list[nn.Conv2d | nn.Linear] = [convs[1], convs[3], convs[4]]  # conv2, conv4, conv5
         bias_one += [m for m in self.classifier if isinstance(m, nn.Linear)][:-1]
-        for m in bias_one:
-            if m.bias is not None:
-                nn.init.ones_(m.bias)  # type: ignore[arg-type]
+        for layer in bias_one:
+            if layer.bias is not None:
+                nn.init.ones_(layer.bias)
 
     def _stages(self) -> list[dict[str, Any]]:
         info, channels = [], self.in_chans
@@ -215,18 +216,22 @@ class AlexNet(CanonModel):
 
     def feature_blocks(self) -> list[tuple[str, nn.Module]]:
         """Each conv with its norm, activation, LRN and pool: features.conv1 .. features.conv5."""
-        return weighted_groups("features", self.features)  # type: ignore[return-value]
+        return weighted_groups("features", self.features)
 
     def forward_features(self, x: Tensor) -> Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.feature_blocks(), x)
-        return self.features(x)  # type: ignore[no-any-return]  # (N, 256, 6, 6) for the paper at 227x227
+        x = self.features(x)  # (N, 256, 6, 6) for the paper at 227x227
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)  # type: ignore[no-any-return]
+        last = len(self.classifier) - 1
+        for index, layer in enumerate(self.classifier):  # the last layer is the class layer
+            if index < last or not pre_logits:
+                x = layer(x)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------

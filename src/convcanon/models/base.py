@@ -1,9 +1,7 @@
 """The model contract: :class:`CanonModel`, the base class of every model of the zoo (documented in ``models``)."""
 
-from __future__ import annotations
-
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx
@@ -20,7 +18,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def weighted_groups(prefix: str, seq: nn.Sequential) -> list[tuple[str, nn.Sequential]]:
+def weighted_groups(prefix: str, seq: nn.Sequential) -> list[tuple[str, nn.Module]]:
     """The children of ``seq`` grouped so that each group starts at a conv or Linear layer and holds what follows it
     (norm, activation, pool, dropout); anything before the first one joins the first group. Each group is named by
     its first child (``features.3``) and is a new Sequential holding the children themselves."""
@@ -50,6 +48,10 @@ class CanonModel(nn.Module):
     """
 
     classifier_name: ClassVar[str] = "fc"  # attribute holding the classifier: "fc" (ResNet, GoogLeNet), "classifier"
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations and has no Module type
+        avgpool: nn.Module
+        dropout: nn.Module
+        fc: nn.Module
 
     name: str
     in_chans: int
@@ -90,10 +92,14 @@ class CanonModel(nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         x = self.dropout(x)
-        if isinstance(self.fc, nn.Sequential):  # the FC tower: every layer but the class layer is pre-logits
-            x = self.fc[:-1](x)
-            return x if pre_logits else self.fc[-1](x)
-        return x if pre_logits else self.fc(x)
+        if isinstance(self.fc, nn.Sequential):  # the FC tower: every layer but the last (the class layer) is pre-logits
+            last = len(self.fc) - 1
+            for index, layer in enumerate(self.fc):  # a loop, not a slice: fx and TorchScript see the model's modules
+                if index < last or not pre_logits:
+                    x = layer(x)
+        elif not pre_logits:
+            x = self.fc(x)
+        return x
 
     def forward_with_aux(self, x: Tensor) -> ModelOutput:
         """The logits and the auxiliary classifiers' logits (only GoogLeNet has any, in training mode)."""
@@ -143,7 +149,8 @@ class CanonModel(nn.Module):
         the nominal input, its preprocessing, the first conv and the classifier)."""
         self.feature_info = stages
         small = image_size <= 64  # the small-image models are the CIFAR-10 models of their papers
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if small else (IMAGENET_MEAN, IMAGENET_STD)
+        mean: tuple[float, ...] = CIFAR10_MEAN if small else IMAGENET_MEAN
+        std: tuple[float, ...] = CIFAR10_STD if small else IMAGENET_STD
         if self.in_chans != 3:  # one statistic for every channel: the average of the RGB ones
             mean = (sum(mean) / 3,) * self.in_chans
             std = (sum(std) / 3,) * self.in_chans
@@ -166,7 +173,7 @@ class CanonModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The layer that outputs the logits (an ``nn.Identity`` when ``num_classes`` is 0)."""
         classifier = getattr(self, self.classifier_name)
-        return classifier[-1] if isinstance(classifier, nn.Sequential) else classifier  # type: ignore[no-any-return]
+        return classifier[-1] if isinstance(classifier, nn.Sequential) else classifier
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, freshly initialized class layer for ``num_classes`` classes; 0 removes it (the head then ends at

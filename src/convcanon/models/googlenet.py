@@ -59,8 +59,6 @@ training mode with ``aux_heads=True`` (``has_aux``), and ``()`` otherwise; the t
 the paper's weight 0.3.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,7 +110,7 @@ def inception_params(
     return sum(k * k * c_in * c_out + per_channel * c_out for c_in, c_out, k in convs)
 
 
-def init_weights(model: GoogLeNet, *, batch_norm: bool) -> None:
+def init_weights(model: "GoogLeNet", *, batch_norm: bool) -> None:
     """Initialize as the reference implementation of each variant did.
 
     With batch norm: torchvision's googlenet (truncated normal, std 0.01, cut at +-2, for every conv and Linear weight;
@@ -126,7 +124,8 @@ def init_weights(model: GoogLeNet, *, batch_norm: bool) -> None:
                 nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
             else:
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="linear")  # bound sqrt(3 / fan_in) = Caffe xavier
-                nn.init.constant_(m.bias, 0.2)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0.2)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -212,7 +211,8 @@ class InceptionAux(nn.Module):
         x = torch.flatten(x, 1)
         x = self.act(self.fc1(x))
         x = self.dropout(x)
-        return self.fc2(x)
+        x = self.fc2(x)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -330,17 +330,17 @@ class GoogLeNet(CanonModel):
         return [m for m in heads if isinstance(m, nn.Linear)]
 
     def aux_heads(self) -> list[InceptionAux]:
-        return [self.get_submodule(aux) for aux in self.aux_taps.values()]  # type: ignore[misc]
+        return [m for m in self.children() if isinstance(m, InceptionAux)]
 
     def _upto(self, child: str) -> nn.Sequential:
-        return self.features[: list(self.features._modules).index(child) + 1]  # type: ignore[return-value]
+        return self.features[: list(self.features._modules).index(child) + 1]
 
     def _min_size(self) -> int:
         # The main path must leave a map of at least 1x1, and each aux pool must have a window to average. Inside an
         # Inception module every branch keeps the size, so the windows of all its branches in turn do too.
         sizes = [min_input_side(windows(self.features.modules()))]
-        for tap, aux in self.aux_taps.items():
-            path = windows(self._upto(tap).modules()) + windows(self.get_submodule(aux).pool.modules())
+        for tap, aux in zip(self.aux_taps, self.aux_heads(), strict=True):
+            path = windows(self._upto(tap).modules()) + windows(aux.pool.modules())
             sizes.append(min_input_side(path))
         return max(sizes)
 
@@ -362,7 +362,8 @@ class GoogLeNet(CanonModel):
             return checkpoint_seq(self.feature_blocks(), x)
         # googlenet on (N, 3, 224, 224): stem -> (N, 192, 28, 28); 3b -> (N, 480, 28, 28); 4e -> (N, 832, 14, 14);
         # 5b -> (N, 1024, 7, 7).
-        return self.features(x)  # type: ignore[no-any-return]
+        x = self.features(x)
+        return x
 
     def forward_with_aux(self, x: Tensor) -> ModelOutput:
         """The logits and, in training mode with aux heads, the aux logits (4a's first; they read the maps of 4a and
@@ -398,41 +399,19 @@ def _googlenet(name: str, **options: Any) -> GoogLeNet:
 
 # Paper Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj) of every Inception module.
 _PAPER_STAGES: tuple[tuple[InceptionRow, ...], ...] = (
-    (
-        ("3a", 64, 96, 128, 16, 32, 32),
-        ("3b", 128, 128, 192, 32, 96, 64),
-    ),
-    (
-        ("4a", 192, 96, 208, 16, 48, 64),
-        ("4b", 160, 112, 224, 24, 64, 64),
-        ("4c", 128, 128, 256, 24, 64, 64),
-        ("4d", 112, 144, 288, 32, 64, 64),
-        ("4e", 256, 160, 320, 32, 128, 128),
-    ),
-    (
-        ("5a", 256, 160, 320, 32, 128, 128),
-        ("5b", 384, 192, 384, 48, 128, 128),
-    ),
-)
+    (("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64)),
+    (("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64), ("4c", 128, 128, 256, 24, 64, 64),
+     ("4d", 112, 144, 288, 32, 64, 64), ("4e", 256, 160, 320, 32, 128, 128)),
+    (("5a", 256, 160, 320, 32, 128, 128), ("5b", 384, 192, 384, 48, 128, 128)),
+)  # fmt: skip
 
 # The same table at a quarter of the width (every entry divides by 4), for 32x32 inputs.
 _CIFAR_STAGES: tuple[tuple[InceptionRow, ...], ...] = (
-    (
-        ("3a", 16, 24, 32, 4, 8, 8),
-        ("3b", 32, 32, 48, 8, 24, 16),
-    ),
-    (
-        ("4a", 48, 24, 52, 4, 12, 16),
-        ("4b", 40, 28, 56, 6, 16, 16),
-        ("4c", 32, 32, 64, 6, 16, 16),
-        ("4d", 28, 36, 72, 8, 16, 16),
-        ("4e", 64, 40, 80, 8, 32, 32),
-    ),
-    (
-        ("5a", 64, 40, 80, 8, 32, 32),
-        ("5b", 96, 48, 96, 12, 32, 32),
-    ),
-)
+    (("3a", 16, 24, 32, 4, 8, 8), ("3b", 32, 32, 48, 8, 24, 16)),
+    (("4a", 48, 24, 52, 4, 12, 16), ("4b", 40, 28, 56, 6, 16, 16), ("4c", 32, 32, 64, 6, 16, 16),
+     ("4d", 28, 36, 72, 8, 16, 16), ("4e", 64, 40, 80, 8, 32, 32)),
+    (("5a", 64, 40, 80, 8, 32, 32), ("5b", 96, 48, 96, 12, 32, 32)),
+)  # fmt: skip
 
 # Table 1's first rows: 7x7/2 conv, 3x3/2 max pool, LRN, 1x1 reduce and 3x3 conv, LRN, 3x3/2 max pool.
 _PAPER_STEM: tuple[StemLayer, ...] = (

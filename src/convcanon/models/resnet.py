@@ -13,11 +13,9 @@ https://catalog.ngc.nvidia.com/orgs/nvidia/resources/resnet_50_v1_5_for_pytorch)
 v1.5 is about 0.5% more accurate (top-1) and a little slower; parameter counts are the same.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -112,19 +110,20 @@ def init_weights(model: nn.Module, *, activation: str, zero_init_residual: bool)
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in model.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_(m.last_bn().weight)  # type: ignore[arg-type]
+            last_bn = m.last_bn() if isinstance(m, (BasicBlock, Bottleneck)) else None
+            if isinstance(last_bn, nn.BatchNorm2d):
+                nn.init.zeros_(last_bn.weight)
 
 
-def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def residual_blocks(model: nn.Module) -> list[tuple[str, "BasicBlock | Bottleneck"]]:
     """(name, block) of every residual block in forward order, e.g. ('layer1.0', BasicBlock(...))."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
 
 
-def residual_min_size(stem: Sequence[nn.Module], blocks: Sequence[tuple[str, nn.Module]]) -> int:
+def residual_min_size(stem: Sequence[nn.Module], blocks: Sequence[tuple[str, "BasicBlock | Bottleneck"]]) -> int:
     """The smallest input side: the stem's windows, then each block's residual branch (its shortcut gives the same
     size by construction)."""
-    path = windows(stem) + [w for _, b in blocks for w in windows(b.main_path())]  # type: ignore[operator]
+    path = windows(stem) + [w for _, b in blocks for w in windows(b.main_path())]
     return min_input_side(path)
 
 
@@ -132,8 +131,9 @@ def stage_info(stem: Sequence[nn.Module], stages: Sequence[tuple[str, nn.Sequent
     """feature_info of a residual net: each stage's output channels and reduction (the product of the strides)."""
     path, info = windows(stem), []
     for name, stage in stages:
-        path += [w for b in stage for w in windows(b.main_path())]  # type: ignore[operator]
-        info.append({"num_chs": stage[-1].out_planes, "reduction": reduction(path), "module": name})
+        blocks = [b for _, b in residual_blocks(stage)]
+        path += [w for b in blocks for w in windows(b.main_path())]
+        info.append({"num_chs": blocks[-1].out_planes, "reduction": reduction(path), "module": name})
     return info
 
 
@@ -158,6 +158,8 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations and has no Module type
+        shortcut: nn.Module | None
 
     def __init__(
         self,
@@ -188,14 +190,15 @@ class BasicBlock(nn.Module):
         return [self.conv1, self.conv2]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(x)
+        out: Tensor = self.conv1(x)
         out = self.bn1(out)
         out = self.act(out)
         out = self.conv2(out)
         out = self.bn2(out)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
-        return self.act(out)
+        out = self.act(out)
+        return out
 
 
 class Bottleneck(nn.Module):
@@ -205,6 +208,8 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    if TYPE_CHECKING:
+        shortcut: nn.Module | None
 
     def __init__(
         self,
@@ -237,7 +242,7 @@ class Bottleneck(nn.Module):
         return [self.conv1, self.conv2, self.conv3]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(x)
+        out: Tensor = self.conv1(x)
         out = self.bn1(out)
         out = self.act(out)
         out = self.conv2(out)
@@ -247,7 +252,8 @@ class Bottleneck(nn.Module):
         out = self.bn3(out)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
-        return self.act(out)
+        out = self.act(out)
+        return out
 
 
 def make_stage(
@@ -328,7 +334,8 @@ class ResNet(CanonModel):
         x = self.layer1(x)  # (N, 64e, H/4, W/4), e = block.expansion
         x = self.layer2(x)  # (N, 128e, H/8, W/8)
         x = self.layer3(x)  # (N, 256e, H/16, W/16)
-        return self.layer4(x)  # type: ignore[no-any-return]  # (N, 512e, H/32, W/32)
+        x = self.layer4(x)  # (N, 512e, H/32, W/32)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ Blocks are named ``stage1.0`` .. ``stage3.{n-1}``; ``blocks()`` lists them in fo
 such as gradient norms.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
@@ -96,7 +94,8 @@ class ResNetCifar(CanonModel):
         x = self.act(x)
         x = self.stage1(x)  # (N, w, H, W)
         x = self.stage2(x)  # (N, 2w, H/2, W/2)
-        return self.stage3(x)  # type: ignore[no-any-return]  # (N, 4w, H/4, W/4)
+        x = self.stage3(x)  # (N, 4w, H/4, W/4)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -12,9 +12,7 @@ switch adds weights (VGG-16: 138.4M -> 144.7M parameters) while removing non-lin
 is whether the paper was right that depth, not kernel size, buys the accuracy.
 """
 
-from __future__ import annotations
-
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +88,8 @@ class VGG(CanonModel):
     """
 
     classifier_name = "classifier"
+    if TYPE_CHECKING:  # for type checkers only (TorchScript reads class annotations)
+        classifier: nn.Sequential
 
     def __init__(
         self,
@@ -122,7 +122,8 @@ class VGG(CanonModel):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)  # type: ignore[arg-type]
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -145,18 +146,22 @@ class VGG(CanonModel):
 
     def feature_blocks(self) -> list[tuple[str, nn.Module]]:
         """Each conv with its norm, activation and pool: features.0, features.2, ... (torchvision's indices)."""
-        return weighted_groups("features", self.features)  # type: ignore[return-value]
+        return weighted_groups("features", self.features)
 
     def forward_features(self, x: Tensor) -> Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.feature_blocks(), x)
-        return self.features(x)  # type: ignore[no-any-return]  # (N, 512, H/32, W/32)
+        x = self.features(x)  # (N, 512, H/32, W/32)
+        return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
-        x = self.classifier[:-1](x)
-        return x if pre_logits else self.classifier[-1](x)  # type: ignore[no-any-return]
+        last = len(self.classifier) - 1
+        for index, layer in enumerate(self.classifier):  # the last layer is the class layer
+            if index < last or not pre_logits:
+                x = layer(x)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -165,8 +170,9 @@ class VGG(CanonModel):
 
 def _vgg(config: str, name: str, *, cifar: bool = False, **options: Any) -> VGG:
     # CIFAR: the 32x32 input leaves a 1x1 map after five pools, so the FC tower reads 512 features, not 7x7x512.
-    sizes = {"pool_size": 1, "hidden": 512, "image_size": 32} if cifar else {"pool_size": 7, "hidden": 4096}
-    return VGG(CONFIGS[config], name=name, **sizes, **options)
+    if cifar:
+        return VGG(CONFIGS[config], name=name, pool_size=1, hidden=512, image_size=32, **options)
+    return VGG(CONFIGS[config], name=name, pool_size=7, hidden=4096, **options)
 
 
 # The paper's Table 1 by column: A = VGG-11, B = VGG-13, D = VGG-16, E = VGG-19 (weighted layers: convs + 3 FC).
