@@ -168,11 +168,6 @@ class ModelOutput(NamedTuple):
     aux: tuple[Tensor, ...] = ()
 
 
-def logits_of(output: Tensor | ModelOutput) -> Tensor:
-    """The main logits of any model's output."""
-    return output.logits if isinstance(output, ModelOutput) else output
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # sizes
 

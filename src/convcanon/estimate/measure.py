@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..layers import logits_of
 from ..registry import create_model, model_info
 from ..registry import model_options as accepted_options
 from .catalog import Device
@@ -141,7 +140,7 @@ def measure_local(
 
     def step() -> None:
         with autocast():
-            loss = F.cross_entropy(logits_of(net(x)).float(), y)
+            loss = F.cross_entropy(net.forward_with_aux(x).logits.float(), y)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

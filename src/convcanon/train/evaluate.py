@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import logits_of
 from .distributed import DistContext
 
 
@@ -38,7 +37,7 @@ def evaluate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
-            logits = logits_of(model(x)).float()
+            logits = model(x).float()
         pred = logits.topk(k5, dim=1).indices
         hits = pred.eq(y[:, None])
         totals += torch.stack([
