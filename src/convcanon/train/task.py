@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..layers import ModelOutput
 
@@ -27,6 +27,25 @@ class ClassificationTask:
                                                                 label_smoothing=self.label_smoothing)
             return loss
         return F.cross_entropy(output.float(), target, label_smoothing=self.label_smoothing)
+
+
+class WithAuxLogits(nn.Module):
+    """Runs the model's ``forward_with_aux``: the logits and, in training, the auxiliary classifiers' logits, so that
+    the loss trains them too. A module, so that DDP wraps it and sees a forward; it holds the model itself (its state
+    dict is the model's under ``model.``): save the model, not this."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.model.forward_with_aux(x)
+
+
+def training_module(model: nn.Module) -> nn.Module:
+    """What the training step calls: the model itself, or :class:`WithAuxLogits` around it when it has auxiliary
+    heads (the model contract's ``has_aux``: GoogLeNet with ``aux_heads=True``), whose ``forward`` gives logits only."""
+    return WithAuxLogits(model) if getattr(model, "has_aux", False) else model
 
 
 def topk_correct(logits: Tensor, target: Tensor, ks: tuple[int, ...]) -> Tensor:
