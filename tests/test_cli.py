@@ -72,3 +72,14 @@ def test_models_json_for_one_family(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == {f"{k}{d}" for k in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
     assert {r["params"] for r in rows if r["name"].endswith("56")} == {853_018}
+
+
+def test_models_family_takes_a_pattern_and_names_the_families_when_unknown(capsys):
+    import json
+
+    assert main(["models", "--family", "vgg*_bn", "--json"]) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} == {f"vgg{d}_bn" for d in (11, 13, 16, 19)}
+    assert main(["models", "--family", "resnets"]) == 2
+    assert "unknown model family 'resnets'; families: alexnet, googlenet, resnet, resnet_cifar, vgg" in (
+        capsys.readouterr().err
+    )
