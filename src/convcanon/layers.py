@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
-
-Activation = Literal["relu", "tanh", "sigmoid"]
-HeadKind = Literal["avgpool", "fc"]
 
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "sigmoid")
 HEAD_KINDS: tuple[str, ...] = ("avgpool", "fc")

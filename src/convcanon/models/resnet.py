@@ -15,7 +15,7 @@ v1.5 is about 0.5% more accurate (top-1) and a little slower; parameter counts a
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,6 @@ from ..layers import (
 )
 from ..registry import Option, register_model, without
 from .base import CanonModel
-
-ShortcutKind = Literal["A", "B"]
 
 _FC_HIDDEN = 4096  # hidden width of the AlexNet/VGG tower used by head="fc"
 

@@ -12,7 +12,7 @@ switch adds weights (VGG-16: 138.4M -> 144.7M parameters) while removing non-lin
 is whether the paper was right that depth, not kernel size, buys the accuracy.
 """
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,6 @@ from ..layers import (
 from ..registry import Option, register_model, without
 from .base import CanonModel, weighted_groups
 
-KernelKind = Literal["stack", "large"]
 KERNEL_KINDS: tuple[str, ...] = ("stack", "large")
 
 # --------------------------------------------------------------------------------------------------------------------
