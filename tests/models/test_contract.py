@@ -26,7 +26,7 @@ def _on_meta(name: str, **options: object) -> CanonModel:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_building_runs_no_forward_pass_and_min_size_is_exact(name, monkeypatch):
+def test_contract_attributes_are_computed_without_running_the_model_and_are_exact(name, monkeypatch):
     calls = []
     handle = nn.modules.module.register_module_forward_pre_hook(lambda *a: calls.append(1))
     try:
@@ -34,32 +34,27 @@ def test_building_runs_no_forward_pass_and_min_size_is_exact(name, monkeypatch):
     finally:
         handle.remove()
     assert calls == []  # min_size comes from the layers' output-size formulas, not from trying sizes
-    side = model.min_size
-    # The meta device computes shapes only: PyTorch's own size checks, at no cost. Batch 2: batch norm in training
-    # mode needs two values per channel on a 1x1 map.
-    assert model.forward_with_aux(torch.empty(2, model.in_chans, side, side, device="meta")).logits.shape[0] == 2
-    if side > 1:
-        monkeypatch.setattr(model, "min_size", 1)  # lift the input check: one pixel less must fail in the network
-        with pytest.raises(RuntimeError):
-            model.forward_with_aux(torch.empty(2, model.in_chans, side - 1, side - 1, device="meta"))
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_the_contracts_attributes_describe_the_model(name):
-    model = _on_meta(name)
     info = model_info(name)
     assert (model.name, model.in_chans, model.num_classes) == (name, info.input_size[0], info.default_num_classes)
     assert model.pretrained_cfg["input_size"] == info.input_size
     assert model.has_aux == (name in ("googlenet", "googlenet_bn"))  # the paper's aux heads are on by default
-    side = info.input_size[1]
-    features = model.forward_features(torch.empty(2, model.in_chans, side, side, device="meta"))
-    assert features.shape[1] == model.num_features
     channels = [stage["num_chs"] for stage in model.feature_info]
     reductions = [stage["reduction"] for stage in model.feature_info]
     assert channels[-1] == model.num_features and reductions == sorted(reductions) and reductions[-1] <= 32
     state = model.state_dict()
     assert f"{model.pretrained_cfg['first_conv']}.weight" in state
     assert f"{model.pretrained_cfg['classifier']}.weight" in state
+
+    # The meta device computes shapes only: PyTorch's own size checks, at no cost. Batch 2: batch norm in training
+    # mode needs two values per channel on a 1x1 map.
+    side = model.min_size
+    out = model.forward_with_aux(torch.empty(2, model.in_chans, side, side, device="meta"))
+    assert out.logits.shape == (2, model.num_classes)
+    assert model.forward_features(torch.empty(2, model.in_chans, side, side, device="meta")).shape[1] == channels[-1]
+    if side > 1:
+        monkeypatch.setattr(model, "min_size", 1)  # lift the input check: one pixel less must fail in the network
+        with pytest.raises(RuntimeError):
+            model.forward_with_aux(torch.empty(2, model.in_chans, side - 1, side - 1, device="meta"))
 
 
 @pytest.mark.parametrize("name", EVERY)

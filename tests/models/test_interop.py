@@ -1,8 +1,8 @@
 """Every model speaks PyTorch's conventions: torch.fx and torchvision's feature extraction, TorchScript (script and
 trace), torch.export and ONNX (dynamo and legacy exporters, run in onnxruntime where it is installed). The generic
-training step, ``F.cross_entropy(model(x), y).backward()``, is in test_zoo. The small-image models run the tracing
-checks on small inputs here; the ImageNet ones run them in the slow suite (``pytest -m slow``), as do the checks that
-take seconds per model (torch.export and ONNX beyond one model a family).
+training step, ``F.cross_entropy(model(x), y).backward()``, is in test_zoo. Every model runs every check on small
+inputs; the default suite runs the small-image architectures, the slow suite (``pytest -m slow``) the others, the
+ImageNet models included.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ import convcanon
 from convcanon import model_info
 
 ALL = convcanon.list_models()
-SMALL = [n for n in ALL if model_info(n).input_size[1] <= 64]
-FAST = ["resnet20", "alexnet_cifar", "vgg16_bn_cifar", "googlenet_cifar"]  # one of each family: export and ONNX
-EVERY = SMALL + [pytest.param(n, marks=pytest.mark.slow) for n in ALL if n not in SMALL]
-EXPORTED = FAST + [pytest.param(n, marks=pytest.mark.slow) for n in ALL if n not in FAST]
+# The default suite: every small-image architecture (the deeper CIFAR ResNets repeat resnet20's blocks); the rest, the
+# ImageNet models included, in the slow suite. torch.export and ONNX take seconds a model: two, resp. one a family.
+TRACED = ["resnet20", "resnet32", "plain20", "alexnet_cifar", "vgg16_cifar", "vgg16_bn_cifar", "googlenet_cifar"]
+EXPORTED = ["resnet20", "googlenet_cifar"]
+ONNX = {"resnet20": "legacy", "alexnet_cifar": "both", "vgg16_bn_cifar": "legacy", "googlenet_cifar": "legacy"}
+
+
+def _slow_after(default: list[str]) -> list[object]:
+    return [*default, *(pytest.param(n, marks=pytest.mark.slow) for n in ALL if n not in default)]
 
 
 def _build(name: str) -> nn.Module:
@@ -30,7 +35,7 @@ def _build(name: str) -> nn.Module:
     return convcanon.create_model(name, num_classes=5).eval()
 
 
-@pytest.fixture(scope="module", params=EVERY)
+@pytest.fixture(scope="module", params=_slow_after(TRACED))
 def model(request: pytest.FixtureRequest) -> nn.Module:
     """Each model once for the tests of this module (pytest runs a model's tests together, then frees it)."""
     return _build(request.param)
@@ -86,7 +91,7 @@ def test_torchscript_script_and_trace(model):
         torch.testing.assert_close(scripted(other), model(other))  # a script is not tied to the example's shape
 
 
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", _slow_after(EXPORTED))
 def test_torch_export_with_dynamic_batch_and_size(name):
     model = _build(name)
     # Sides in steps of the last stage's reduction, its map at least 2x2: the pools' floors and ceils are then exact
@@ -121,8 +126,17 @@ def _onnx_matches(model: nn.Module, x: torch.Tensor, *, dynamo: bool) -> None:
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy"])
-@pytest.mark.parametrize("name", EXPORTED)
+def _onnx_cases() -> list[object]:
+    cases = []
+    for name in ALL:
+        for exporter in ("dynamo", "legacy"):
+            default = ONNX.get(name) in (exporter, "both")
+            marks = () if default else (pytest.mark.slow,)
+            cases.append(pytest.param(name, exporter == "dynamo", id=f"{name}-{exporter}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "dynamo"), _onnx_cases())
 def test_onnx_export_runs_in_onnxruntime(name, dynamo):
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     if dynamo:
