@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import convcanon
 from convcanon.parallel.pipeline import (
+    StageModule,
     balance,
     clip_global_norm,
     describe_split,
@@ -77,6 +78,21 @@ def test_models_with_auxiliary_heads_are_refused_with_the_reason():
         pipeline_layers(convcanon.create_model("googlenet_cifar", aux_heads=True))
     with pytest.raises(ValueError, match="blocks"):
         pipeline_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)))
+
+
+def test_a_checkpointed_stage_gives_the_plain_stages_gradients():
+    torch.manual_seed(0)
+    model = _model("resnet20", {}).train()
+    layers = pipeline_layers(model)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    grads = []
+    for checkpointed in (False, True):
+        stage = StageModule(layers)
+        stage.set_grad_checkpointing(checkpointed)  # what the engine does with --activation-checkpointing
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(stage(x), y).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_flop_costs_add_up_to_the_whole_model():
