@@ -9,15 +9,30 @@ The Python API:
 - ``model_info(name)``: family, depth, default input size and class count, summary and option table, without building.
 - ``model_options(name)``: the options a model accepts, by name (``Option``: type, default, valid values, help).
 - ``resolve_options(name, num_classes=None, **options)``: every option's value, checked, nothing built.
+- ``load_model(path)``: a trained model from its weights file, checkpoint or run directory, rebuilt with every option
+  it was trained with, in eval mode; its preprocessing in ``model.pretrained_cfg`` (``convcanon.train.weights``).
 """
+
+from pathlib import Path
+
+import torch
+from torch import nn
 
 from . import models
 from .models import CanonModel
 from .registry import ModelInfo, Option, create_model, list_models, model_info, model_options, resolve_options
+from .version import __version__
 
-__version__ = "0.1.0"
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The model whose weights are at ``path`` (a ``.safetensors`` file, a checkpoint or a run directory), rebuilt from
+    the weights' record, in eval mode on ``device``; see ``convcanon.train.weights.load_model``."""
+    from .train.weights import load_model as load
+
+    return load(path, device=device)
+
 
 __all__ = [
-    "CanonModel", "ModelInfo", "Option", "create_model", "list_models", "model_info", "model_options", "models",
-    "resolve_options", "__version__",
+    "CanonModel", "ModelInfo", "Option", "create_model", "list_models", "load_model", "model_info", "model_options",
+    "models", "resolve_options", "__version__",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ from .io import WriteError
 
 EXIT_WRITE_REFUSED = 74  # EX_IOERR of sysexits.h
 
-COMMANDS = ("models", "train", "eval", "scan", "bench", "estimate", "experiment", "report")
+COMMANDS = ("models", "train", "eval", "predict", "export", "scan", "bench", "estimate", "experiment", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

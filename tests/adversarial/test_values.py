@@ -38,7 +38,7 @@ def train(out: Path, *extra: str) -> list[str]:
     (["--gamma", "inf"], "--gamma must be a factor in (0, 1]; got inf"),
     (["--image-size", "100000"], "--image-size must be a side in pixels from 1 to 4096"),
     (["--model-option", "num_classes=3"], "the number of classes comes from --data (digits has 10)"),
-    (["--data", "synthetic:3:100000:4"], "lower the side S of --data synthetic"),
+    (["--data", "synthetic:3:100000:4"], "lower the side S (or --image-size)"),
 ])  # fmt: skip
 def test_values_out_of_range_are_refused_naming_the_flag(tmp_path, capsys, extra, says):
     refused(capsys, train(tmp_path / "run", *extra), says, out=tmp_path / "run")

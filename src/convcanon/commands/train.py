@@ -41,6 +41,10 @@ SMALLEST_SIDE = 8  # the embedded digits' side: the smallest input any experimen
 def check_memory(cfg, data) -> None:
     """Refuse a step that cannot fit in this device's memory, with the estimator's figure (``estimate.fits``); a
     pipeline spreads the model over its stages and activation checkpointing keeps less, so both are left to run."""
+    if data.kind == "synthetic":  # the data's own size first: its message names the setting to change
+        from ..data.memory import check_synthetic_fits
+
+        check_synthetic_fits(cfg.data, data.in_chans, data.image_size)
     if cfg.pipeline_stages > 1 or cfg.activation_checkpointing:
         return
     from ..estimate.fits import check_fits

@@ -22,7 +22,7 @@ import hashlib
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -45,6 +45,15 @@ class DataInfo:
     spec: str = ""  # the --data value that opens this data set again
     augment: str = ""  # the training augmentation, in words
     skipped: int = 0  # bad files left out (folder data with skip_bad)
+    eval_resize: int = 0  # the side evaluation images are resized to before the center crop (0: image_size, no crop)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How an image becomes the model's input in evaluation: resize the shorter side to ``resize`` (bilinear,
+        antialiased), center-crop ``crop``, scale to 0..1, normalize by ``mean`` and ``std`` (per channel). Recorded
+        with the weights so that ``convcanon predict`` and ``load_model`` feed a model what it was trained on."""
+        side = self.image_size
+        return {"input_size": [self.in_chans, side, side], "resize": self.eval_resize or side, "crop": side,
+                "interpolation": "bilinear", "mean": list(self.mean), "std": list(self.std)}
 
 
 @runtime_checkable

@@ -64,9 +64,14 @@ def train_transform(size: int) -> v2.Compose:
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), v2.PILToTensor()])
 
 
+def eval_resize(size: int) -> int:
+    """The side evaluation resizes to before the center crop of ``size``: torchvision's 256/224 ratio."""
+    return int(size * 256 / 224)
+
+
 def eval_transform(size: int) -> v2.Compose:
     # The 256/224 ratio of the ResNet and torchvision recipes: the center crop keeps 87.5% of the short side.
-    return v2.Compose([v2.Resize(int(size * 256 / 224), antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+    return v2.Compose([v2.Resize(eval_resize(size), antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
 
 
 class ImageFiles(Dataset):
@@ -166,8 +171,8 @@ class FolderSource:
         self.info = DataInfo(
             name="folder", num_classes=n_classes, classes=report.classes, in_chans=3, image_size=image_size,
             train_size=len(report.train), test_size=len(report.val), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            source=str(root), spec=f"folder:{root}", skipped=skipped,
-            augment=f"RandomResizedCrop {image_size} + horizontal flip (eval: resize {int(image_size * 256 / 224)} "
+            source=str(root), spec=f"folder:{root}", skipped=skipped, eval_resize=eval_resize(image_size),
+            augment=f"RandomResizedCrop {image_size} + horizontal flip (eval: resize {eval_resize(image_size)} "
                     f"+ center crop {image_size})",
         )
         self._normalize = Normalizer(IMAGENET_MEAN, IMAGENET_STD)

@@ -255,6 +255,13 @@ def make_digits(*, image_size: int | None = None, num_classes: int | None = None
 
 # ---- synthetic ---------------------------------------------------------------------------------------------------
 
+def check_synthetic_fits(spec: str, in_chans: int, image_size: int, size: int = 1024) -> None:
+    """The memory check of :func:`make_synthetic`, from the spec alone (``convcanon train`` runs it first)."""
+    check_fits((size + size // 4) * in_chans * image_size * image_size,
+               f"{spec} ({size:,} + {size // 4:,} images of {in_chans}x{image_size}x{image_size} bytes)",
+               "lower the side S (or --image-size) or the channels C in synthetic:C:S:K")
+
+
 def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int = 10,
                    size: int = 1024) -> InMemorySource:
     """Uniform random uint8 images and labels from a fixed seed (``size`` train, ``size // 4`` test), no
@@ -263,9 +270,7 @@ def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int 
         raise ValueError(f"synthetic data needs channels and side >= 1, at least 2 classes and at least 4 images; got "
                          f"{in_chans} channels, side {image_size}, {num_classes} classes, {size} images")
     spec = f"synthetic:{in_chans}:{image_size}:{num_classes}"
-    check_fits((size + size // 4) * in_chans * image_size * image_size,
-               f"{spec} ({size:,} + {size // 4:,} images of {in_chans}x{image_size}x{image_size} bytes)",
-               "lower the side S (or --image-size) or the channels C in synthetic:C:S:K")
+    check_synthetic_fits(spec, in_chans, image_size, size)
     gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
     shape = (in_chans, image_size, image_size)
     train = (torch.randint(0, 256, (size, *shape), dtype=torch.uint8, generator=gen),

@@ -32,5 +32,13 @@ def load_torchvision_state_dict(model: nn.Module, name: str, state_dict: dict[st
     raise ValueError(f"model {name!r} has no torchvision twin; models with one: {', '.join(_twins())}")
 
 
+def from_torchvision(name: str, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision state dict of our model ``name``'s twin with its keys renamed to ours (nothing is checked)."""
+    for family in _FAMILIES:
+        if name in family.TORCHVISION_NAMES:
+            return dict(family.from_torchvision(dict(state_dict)))
+    raise ValueError(f"model {name!r} has no torchvision twin; models with one: {', '.join(_twins())}")
+
+
 def _twins() -> list[str]:
     return sorted(n for family in _FAMILIES for n in family.TORCHVISION_NAMES)

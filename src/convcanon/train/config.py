@@ -38,6 +38,9 @@ class TrainConfig:
     skip_bad: bool = False  # leave undecodable files out (still fails above 1% bad)
     workers: int = 2  # DataLoader worker processes for file data
     decode: Decode = "auto"  # folder JPEGs: gpu = nvJPEG on CUDA; auto = gpu only where a timed sample is faster
+    init: str | None = None  # start from these weights (train/finetune.py): a run, weights file, .pth, torchvision:NAME
+    freeze: str = "none"  # none | backbone (train the head only) | backbone:K (and the body's last K blocks)
+    head_lr_mult: float = 1.0  # the head's learning rate is lr x this
 
     # optimization; lr is the base LR at base_batch and is scaled linearly to the global batch (Goyal et al. 2017)
     epochs: int = 30
@@ -173,6 +176,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     *((key, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0") for key in (
         "weight_decay", "warmup_epochs", "aux_weight", "grad_clip")),
     ("dist_timeout", lambda v: math.isfinite(v) and v > 0, "a number of seconds > 0"),
+    ("head_lr_mult", lambda v: math.isfinite(v) and v > 0, "a finite factor > 0"),
     ("milestones", lambda v: all(m >= 0 for m in v) and v == sorted(set(v)), "increasing epochs >= 0"),
     ("pipeline_split", lambda v: all(n >= 1 for n in v), "layers per stage, each >= 1"),
 )
@@ -256,6 +260,12 @@ def dump_yaml(cfg: TrainConfig) -> str:
 # What each flag means, for the flags whose name and default do not say it all; every command that takes the flag shows
 # this text (``add_shared_flags``), so it means the same thing everywhere.
 _FLAG_HELP = {
+    "init": "start a new run from these weights: a convcanon run directory, model.safetensors or checkpoint, a "
+            "torchvision state-dict .pth file, or torchvision:WEIGHTS (e.g. "
+            "torchvision:ResNet50_Weights.IMAGENET1K_V2, downloaded once into torch hub's cache); a different class "
+            "count re-initializes the class layer",
+    "freeze": "backbone: train the head only; backbone:K: the head and the body's last K blocks; none",
+    "head_lr_mult": "the head's learning rate is --lr x this (fine-tuning)",
     "model": "a model of the zoo (`convcanon models` lists them)",
     "model_options": "a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
     "data": "the data set: digits, synthetic[:C[:S[:K]]], cifar10:PATH, cifar100:PATH, folder:PATH or PATH (an "

@@ -97,16 +97,16 @@ def lr_at(step: int, plan: Plan) -> float:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv and linear weights only: decaying BN scales/shifts and biases only hurts
-    (Goyal et al. 2017 sec. 5.1; He et al. "Bag of Tricks" 2019 sec. 3.1, "no bias decay")."""
-    decay, no_decay = [], []
+    (Goyal et al. 2017 sec. 5.1; He et al. "Bag of Tricks" 2019 sec. 3.1, "no bias decay"). Parameters that carry an
+    ``lr_scale`` (the head under ``--head-lr-mult``, ``train.finetune``) get groups of their own with that scale;
+    frozen parameters (no ``requires_grad``) get none."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for _name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        groups.setdefault((p.ndim > 1, float(getattr(p, "lr_scale", 1.0))), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+            for (decay, scale), params in groups.items() if params or scale == 1.0]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

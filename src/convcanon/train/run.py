@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..io import RunLock, atomic_write_json, atomic_write_text, remove_stale_temps
 from . import checkpoint as ckpt
 from . import engine as engine_lib
 from .config import TrainConfig, dump_yaml, to_dict
 from .distributed import restart_count
 from .evaluate import eval_batch_size
+from .finetune import apply_init, freeze, read_init
 from .metrics import MetricsLog
 from .optim import Plan, lr_at
 from .reproducibility import restore_rng_state, seed_everything, set_deterministic
@@ -40,6 +40,7 @@ from .settings import build_model, check_settings
 from .signals import RunInterrupted, StopSignals
 from .step import NonFiniteLossError
 from .strategy import SingleDevice, Strategy
+from .weights import as_metadata, weights_record
 
 
 @dataclass
@@ -165,6 +166,12 @@ class Run:
         info = self.data.info
         model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
                             image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere
+        self.init_facts: dict[str, Any] | None = None
+        if cfg.init is not None and state is None:  # a resumed run's weights are its checkpoint's
+            source = read_init(cfg.init, cfg.model, cfg.model_options, num_classes=info.num_classes,
+                               in_chans=info.in_chans)
+            self.init_facts = apply_init(model, source, self.say)
+        freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
         self.engine = engine_lib.engine_for(cfg, ctx.device, model)
         self.plan = self.strategy.plan(cfg, self.data)
         self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
@@ -215,6 +222,8 @@ class Run:
             "world_size": ctx.world_size, "backend": ctx.backend, "strategy": self.strategy.name, **extra,
             **run_facts(ctx.device), "data": dict(self.data.info.__dict__),
         }  # fmt: skip
+        if self.init_facts is not None:
+            record["init"] = self.init_facts
         path = self.run_dir / "run.json"
         if self.resume and path.exists():
             try:
@@ -225,6 +234,8 @@ class Run:
                                                     "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                     "world_size": ctx.world_size}]
             record.update(argv=before.get("argv", record["argv"]), resumes=resumes)
+            if "init" in before:  # where the run's weights started
+                record["init"] = before["init"]
         return record
 
     # ---- the epochs
@@ -332,7 +343,15 @@ class Run:
             "batch_in_epoch": batch_in_epoch, "world_size": self.ctx.world_size, "classes": list(info.classes),
             "config": to_dict(self.cfg), "metrics": metrics, "model_name": self.cfg.model,
             "num_classes": info.num_classes, "in_chans": info.in_chans, "image_size": info.image_size,
+            "weights": self.record(),
         }, keep_last=self.cfg.keep_checkpoints, best=best)  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What rebuilds the model these weights are (``train.weights``): name, options, classes, preprocessing."""
+        info = self.data.info
+        return weights_record(self.cfg.model, self.cfg.model_options, num_classes=info.num_classes,
+                              in_chans=info.in_chans, classes=info.classes, preprocessing=info.preprocessing(),
+                              data=info.spec)
 
     # ---- the end
 
@@ -340,11 +359,8 @@ class Run:
         weights = self.strategy.full_state_dict(self.placement)  # a collective; None except on the main process
         if weights is None:
             return
-        info, final, run_dir = self.data.info, self.final, self.run_dir
-        ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata={
-            "model": self.cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
-            "classes": json.dumps(list(info.classes)), "convcanon": __version__,
-        })  # fmt: skip
+        final, run_dir = self.final, self.run_dir
+        ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata=as_metadata(self.record()))
         atomic_write_json(run_dir / "summary.json", {
             "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
             "best_top1": self.best_top1, "seconds": round(seconds, 2), "train_seconds": round(self.train_seconds, 2),

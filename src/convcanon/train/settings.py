@@ -11,7 +11,9 @@ opens and writes nothing; in order:
    is read, decoded or scanned;
 4. the model: its name, its options (names and types, then the constructor's own checks) and the input the data will
    feed it, by building it on the meta device (shapes only: no memory, no initialization); ``in_chans`` and
-   ``num_classes`` come from the data, never from ``--model-option``.
+   ``num_classes`` come from the data, never from ``--model-option``;
+5. ``--freeze``, and ``--init``'s source: the file exists, or torchvision knows the weights and they fit ``--model``
+   (nothing is read or downloaded).
 
 ``build_model`` is how every user of the zoo (the run, the benchmarks) builds a model for its input.
 """
@@ -29,6 +31,7 @@ from ..registry import create_model, model_info, model_options
 from .config import TrainConfig, validate
 from .distributed import resolve_device
 from .engine import resolve_amp
+from .finetune import check_freeze, check_init
 
 # Model options that the data decides, and what to change instead.
 _FROM_THE_DATA = {
@@ -47,6 +50,9 @@ def check_settings(cfg: TrainConfig, where: str = "config") -> DataSpec:
         resolve_amp(cfg.amp, device)
     data = parse_data(cfg.data, image_size=cfg.image_size, decode=cfg.decode)
     check_model(cfg, data)
+    check_freeze(cfg.freeze)
+    if cfg.init is not None:
+        check_init(cfg.init, cfg.model)
     return data
 
 

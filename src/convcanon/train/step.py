@@ -100,7 +100,7 @@ class TrainStep:
         """Run step ``index`` (0-based) over the ``count`` micro-batches of ``batches`` at learning rate ``lr``;
         returns the step's mean loss, detached, on the device."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = self.forward_backward(batches, count)
         if self.scaler.is_enabled():
             if self.grad_clip:
