@@ -50,7 +50,8 @@ SAME_RUN_FRACTION = 0.1  # after N steps, an equivalent run stays within this fr
 ACC_TOL = 1.0  # points of test accuracy: "matches" (3-4 test images)
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
     return {
         "seed": seed,
         "device": device,
