@@ -166,3 +166,23 @@ def test_tiny_cifar_report_has_table6_and_fig1_with_the_paper_columns(cifar, tmp
     again = build_report(merged, mode="tiny", data=f"cifar10:{moved}", jobs=1, threads=1, progress=False,
                          log=lambda m: None)
     assert len(core.COMPUTED) == before and all(r.computed == 0 for r in again.runs)
+
+
+def test_table6_protocol_on_an_imagefolder_tree(tmp_path):
+    """`--data folder:PATH`: the images cropped to 32x32, no paper column (the paper's figures are of CIFAR-10)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                path = tmp_path / "tree" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+    spec = f"folder:{tmp_path / 'tree'}"
+    assert resolve_names(None, spec) == ["he_table6"]
+    run = core.run_experiment("he_table6", out=tmp_path / "out", mode="tiny", data=spec, jobs=1, threads=1,
+                              progress=False, log=lambda m: None)
+    assert all(r["paper_test_error"] is None for r in run.results["rows"])
+    assert run.results["rows"][0]["params"] == 269_722 - 8 * 65  # plain20 with a 2-class head
+    assert "the paper gives no figure" in he_table6.section(run.results, run.verdicts, run.plots)

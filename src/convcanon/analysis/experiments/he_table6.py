@@ -23,7 +23,7 @@ TITLE = "Degradation on CIFAR-10, as He et al. 2016 Table 6 and Fig. 6"
 CLAIM = ("Deeper plain nets train worse; deeper ResNets train better and reach the paper's test errors "
          "(He et al. 2016, Table 6, Fig. 6)")
 DEPENDS: tuple[str, ...] = ()
-DATA = {"cifar10": 32, "cifar100": 32}  # side of the input: the paper's 32x32
+DATA = {"cifar10": 32, "cifar100": 32, "folder": 32}  # side of the input: the paper's 32x32
 
 FLOOR = 0.5  # points of final training error (250 of 50,000 images): smaller gaps are not called an effect
 # CPU cost of a unit (orders the work, predicts a CPU run): ms per weighted layer per step at batch 128 on 32x32 with
@@ -74,7 +74,7 @@ def train_one(model: str, data: str, seed: int, steps: int, batch_size: int, lr:
     from ..profile import count_params
     from . import lean
 
-    source = lean.dataset(data)
+    source = lean.dataset(data, image_size=DATA["cifar10"])  # a folder's images cropped to 32, as CIFAR's
     torch.manual_seed(seed)
     net = create_model(model, num_classes=source.info.num_classes, in_chans=source.info.in_chans)
     params = count_params(net)

@@ -49,14 +49,15 @@ def digits_unaugmented():
 
 
 @lru_cache(maxsize=4)
-def dataset(spec: str, augment: bool = True):
-    """The data set of a ``--data`` spec (CIFAR in memory, augmented as in the ResNet paper), opened once per process;
-    ``augment=False`` drops the augmentation (for claims measured without any regularization)."""
+def dataset(spec: str, augment: bool = True, image_size: int | None = None):
+    """The data set of a ``--data`` spec (CIFAR in memory, augmented as in the ResNet paper; an ImageFolder tree
+    streamed and cropped to ``image_size``), opened once per process; ``augment=False`` drops the augmentation (for
+    claims measured without any regularization: in-memory data only)."""
     from ...data import BatchAugment, open_data
 
-    if spec == "digits" and augment:
+    if spec == "digits" and augment and image_size is None:
         return digits()
-    source = open_data(spec, progress=False)
+    source = open_data(spec, image_size=image_size, progress=False)
     if not augment:
         if not hasattr(source, "augment"):
             raise ValueError(f"--data {spec}: this experiment needs in-memory data (digits or CIFAR)")
