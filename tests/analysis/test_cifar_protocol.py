@@ -14,7 +14,7 @@ import pytest
 
 from convcanon.analysis.experiments import alexnet_fig1, core, he_table6, papers
 from convcanon.analysis.experiments.datasets import data_identity, describe
-from convcanon.analysis.report import build_report, resolve_names
+from convcanon.analysis.report import build_report, cost_line, predicted_cost, resolve_names
 from convcanon.cli import main
 
 DIGITS_EXPERIMENTS = ["canon", "degradation", "identity", "gradient_flow", "ideas", "scaling", "pitfalls"]
@@ -186,3 +186,15 @@ def test_table6_protocol_on_an_imagefolder_tree(tmp_path):
     assert all(r["paper_test_error"] is None for r in run.results["rows"])
     assert run.results["rows"][0]["params"] == 269_722 - 8 * 65  # plain20 with a 2-class head
     assert "the paper gives no figure" in he_table6.section(run.results, run.verdicts, run.plots)
+
+
+def test_the_full_cifar_report_prices_itself_with_the_estimator_first(cifar):
+    names, spec = ["he_table6", "alexnet_fig1"], f"cifar10:{cifar}"
+    assert cost_line(names, "tiny", 0, spec, "cpu", 1) is None and cost_line(["degradation"], "full", 0, "digits",
+                                                                             "cpu", 2) is None
+    line = cost_line(names, "full", 0, spec, "cpu", 2)
+    assert line.startswith("predicted cost") and " on h100" in line and " on cpu" in line
+    s = he_table6.settings("full", 0, "cpu", spec)
+    assert len(he_table6.units(s)) == (4 + 5) * 3  # 9 nets x 3 seeds
+    # the estimator's figure for the protocol: hours on one H100, not minutes, not days (the README states it)
+    assert 2 * 3600 < predicted_cost(names, "full", 0, spec, "cpu")["h100"] < 8 * 3600

@@ -80,6 +80,15 @@ def catalog_device(device: str = "auto") -> str:
     return max(matches, key=len) if matches else "h100"
 
 
+def cost_line(names: Sequence[str], mode: Mode, seed: int, data: str, device: str, jobs: int) -> str | None:
+    """What the full report prints first when it runs the paper protocols: the estimator's predicted cost."""
+    if mode != "full" or not any(hasattr(experiment_module(n), "gpu_seconds") for n in names):
+        return None
+    cost = predicted_cost(names, mode, seed, data, device)
+    return ("predicted cost (convcanon's estimator, every unit one after the other on one device): "
+            + "; ".join(f"{duration(v)} on {k}" for k, v in cost.items()) + f"; {jobs} worker(s) share it")
+
+
 def predicted_cost(names: Sequence[str], mode: Mode, seed: int, data: str, device: str) -> dict[str, float]:
     """The estimator's wall-clock (seconds, units one after the other) for the experiments that price their units
     (``gpu_seconds``: the paper protocols), on this device and on one H100."""
@@ -118,10 +127,9 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     jobs_used = jobs or default_jobs(device)
     expected = expected_seconds(names, mode, seed, device, jobs, out, data)
-    if mode == "full" and any(hasattr(experiment_module(n), "gpu_seconds") for n in names):
-        cost = predicted_cost(names, mode, seed, data, device)
-        log("predicted cost (convcanon's estimator, every unit one after the other on one device): "
-            + "; ".join(f"{duration(v)} on {k}" for k, v in cost.items()) + f"; {jobs_used} worker(s) share it")
+    line = cost_line(names, mode, seed, data, device, jobs_used)
+    if line:
+        log(line)
     log(f"convcanon report ({mode} mode) on {describe(data)}: {len(names)} experiment(s) into {out}; expected runtime "
         f"{duration(expected)} for what is not cached yet ({jobs_used} worker process(es), one CPU core each"
         f"{'; a GPU is faster' if mode == 'full' else ''}). Finished pieces are cached: an interrupted run resumes.")
