@@ -118,7 +118,7 @@ def test_fig1_verdict_and_the_papers_ratio_beside_the_measured_one():
 
 def test_each_data_runs_the_experiments_that_support_it(cifar):
     assert resolve_names(None) == DIGITS_EXPERIMENTS
-    assert resolve_names(None, f"cifar10:{cifar}") == ["he_table6", "alexnet_fig1"]
+    assert resolve_names(None, f"cifar10:{cifar}") == ["he_table6", "alexnet_fig1", "ideas"]
     with pytest.raises(ValueError, match="do.*not run on --data cifar10"):
         resolve_names("degradation", f"cifar10:{cifar}")
     with pytest.raises(ValueError, match="MNIST has no loader"):
@@ -157,7 +157,8 @@ def test_tiny_cifar_report_has_table6_and_fig1_with_the_paper_columns(cifar, tmp
     for plot in ("he_table6/he_fig6.png", "alexnet_fig1/alexnet_fig1.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "report.json").read_text())
-    assert {r["experiment"] for r in summary["verdicts"]} == {"he_table6", "alexnet_fig1"}
+    assert {r["experiment"] for r in summary["verdicts"]} == {"he_table6", "alexnet_fig1", "ideas"}
+    assert "Small networks on cifar10" in text and "MMACs (32x32)" in text
 
     merged = tmp_path / "merged"
     shutil.copytree(out, merged)  # units from "another machine", copied together
@@ -189,7 +190,7 @@ def test_table6_protocol_on_an_imagefolder_tree(tmp_path):
 
 
 def test_the_full_cifar_report_prices_itself_with_the_estimator_first(cifar):
-    names, spec = ["he_table6", "alexnet_fig1"], f"cifar10:{cifar}"
+    names, spec = ["he_table6", "alexnet_fig1", "ideas"], f"cifar10:{cifar}"
     assert cost_line(names, "tiny", 0, spec, "cpu", 1) is None and cost_line(["degradation"], "full", 0, "digits",
                                                                              "cpu", 2) is None
     line = cost_line(names, "full", 0, spec, "cpu", 2)
@@ -198,3 +199,21 @@ def test_the_full_cifar_report_prices_itself_with_the_estimator_first(cifar):
     assert len(he_table6.units(s)) == (4 + 5) * 3  # 9 nets x 3 seeds
     # the estimator's figure for the protocol: hours on one H100, not minutes, not days (the README states it)
     assert 2 * 3600 < predicted_cost(names, "full", 0, spec, "cpu")["h100"] < 8 * 3600
+
+
+def test_ideas_on_cifar_judge_relu_without_the_digits_caveat():
+    from convcanon.analysis.experiments import ideas
+
+    def act(steps):
+        return {"steps_to_target": steps, "reached": [True] * 3, "best_lr": 0.1, "by_lr": {}}
+
+    res = {"settings": {"relu": {"max_steps": 4000}, "data": "cifar10:/data"},
+           "relu": {"relu": act([900.0, 1000.0, 1100.0]), "tanh": act([300.0, 310.0, 320.0])}}
+    v = ideas.verdict_relu(res)
+    assert v.holds is False and "tanh is faster here" in v.text and "8x8" not in v.text
+    res["settings"].pop("data")  # the same numbers on digits: untestable there, pointed to the CIFAR protocol
+    assert ideas.verdict_relu(res).holds is None and "8x8" in ideas.verdict_relu(res).text
+    s = ideas.settings("full", 0, "cpu", "cifar10:/data")
+    assert s["dropout"]["steps"] == 6000 and s["relu"]["batch_size"] == 128 and len(s["seeds"]) == 3
+    assert all(u.params.get("data") == "cifar10:/data" for u in ideas.units(s) if u.name != "profiles")
+    assert "data" not in ideas.settings("quick", 0, "cpu")  # digits: the settings (and cache keys) of before
