@@ -217,3 +217,10 @@ def test_ideas_on_cifar_judge_relu_without_the_digits_caveat():
     assert s["dropout"]["steps"] == 6000 and s["relu"]["batch_size"] == 128 and len(s["seeds"]) == 3
     assert all(u.params.get("data") == "cifar10:/data" for u in ideas.units(s) if u.name != "profiles")
     assert "data" not in ideas.settings("quick", 0, "cpu")  # digits: the settings (and cache keys) of before
+
+
+def test_each_data_has_its_own_default_output(cifar):
+    from convcanon.analysis.experiments.datasets import default_out
+
+    assert default_out("quick", "digits") == "evidence/quick"
+    assert default_out("full", f"cifar10:{cifar}") == "evidence/full-cifar10"

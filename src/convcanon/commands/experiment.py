@@ -39,7 +39,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     size.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
                       help="a smoke test: a handful of steps, one seed (the test suite's preset; numbers mean nothing)")
     p.set_defaults(mode="full")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: evidence/<mode>)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default: evidence/<mode>; evidence/<mode>-cifar10 etc. for other data)")
     p.add_argument("--data", default="digits", metavar="SPEC",
                    help="digits (the default: the 8x8 digits experiments), cifar10:PATH or cifar100:PATH (the papers' "
                    "CIFAR protocols: He et al. Table 6, AlexNet Fig. 1); mnist has no loader yet")
@@ -79,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..analysis.experiments import run_experiment
     from ..analysis.experiments.core import duration, expected_seconds, experiment_module
-    from ..analysis.experiments.datasets import check_supported
+    from ..analysis.experiments.datasets import check_supported, default_out
     from ..tables import emit
 
     check(args)
     mod = experiment_module(args.name)  # an unknown name fails here, before anything runs
     check_supported(mod, args.data)  # and data it does not run on
-    out = args.out or f"evidence/{args.mode}"
+    out = args.out or default_out(args.mode, args.data)
     if args.mode == "full":
         est = expected_seconds(mod.NAME, "full", args.seed, args.device, args.jobs, out, args.data)
         print(f"convcanon experiment {mod.NAME} (full mode): expected {duration(est)} for what is not cached yet "

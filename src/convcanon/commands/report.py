@@ -41,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
+    from ..analysis.experiments.datasets import default_out
     from ..analysis.report import build_report, resolve_names
     from ..tables import emit
     from .experiment import check
 
     check(args)
     resolve_names(args.only, args.data)  # unknown names and unsupported data fail before anything runs
-    out = args.out or f"evidence/{args.mode}"
+    out = args.out or default_out(args.mode, args.data)
     command = "convcanon report" + {"quick": " --quick", "tiny": " --tiny", "full": ""}[args.mode]
     command += f" --data {args.data}" if args.data != "digits" else ""
     command += f" --out {out}" if args.out else ""

@@ -74,6 +74,13 @@ def data_identity(spec: str) -> str:
     return f"{parsed.kind}#{h.hexdigest()[:12]}"
 
 
+def default_out(mode: str, spec: str) -> str:
+    """The commands' default output directory: evidence/<mode> for digits, evidence/<mode>-<kind> otherwise (so that
+    the digits and CIFAR versions of one experiment do not take turns in one results.json)."""
+    kind = data_kind(spec)
+    return f"evidence/{mode}" if kind == "digits" else f"evidence/{mode}-{kind}"
+
+
 def describe(spec: str) -> str:
     """The data and its source, for the report's header."""
     parsed = parse(spec)
