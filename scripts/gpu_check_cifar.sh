@@ -22,7 +22,7 @@ LOG="$RESULTS/gpu_check_cifar.log"
 START=$(date +%s)
 BUDGET_S=${BUDGET_S:-290}
 DEVICE=${DEVICE:-cuda}
-STEPS=${STEPS:-3000}  # ResNet-20 at batch 128: ~10 s of steps on an H100 (estimator) + compilation
+STEPS=${STEPS:-3000}  # ResNet-20 at batch 128: ~10 s of steps on an H100 (estimator); eager (compiled from 20k)
 PER_BATCH=${PER_BATCH:-10000}  # images per CIFAR file (10,000: the real size)
 FAILED=0
 
