@@ -224,3 +224,25 @@ def test_each_data_has_its_own_default_output(cifar):
 
     assert default_out("quick", "digits") == "evidence/quick"
     assert default_out("full", f"cifar10:{cifar}") == "evidence/full-cifar10"
+
+
+def visible_gpu(delay: float, index: int) -> dict:
+    """A unit for the pool test: which GPU its worker was given (run in a spawned worker)."""
+    import os
+    import time
+
+    time.sleep(delay)
+    return {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "index": index}
+
+
+@pytest.mark.slow  # spawned workers: ~20 s
+def test_workers_share_the_gpus_round_robin(tmp_path, monkeypatch):
+    """With several GPUs each worker process is given one (CUDA_VISIBLE_DEVICES, set before it touches CUDA); two
+    GPUs are pretended here, the workers only read the variable."""
+    monkeypatch.setattr(core, "_gpu_count", lambda device: 2)
+    tasks = [("pool", core.Unit(f"u{i}", f"{__name__}:visible_gpu", {"delay": 1.0, "index": i}), tmp_path)
+             for i in range(6)]
+    outputs, _, computed, _ = core.run_units(tasks, force=True, jobs=2, threads=1, device="auto", progress=False,
+                                             log=lambda m: None)
+    assert computed["pool"] == 6
+    assert {o["gpu"] for o in outputs["pool"].values()} == {"0", "1"}

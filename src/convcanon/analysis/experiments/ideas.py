@@ -380,8 +380,10 @@ def verdict_head(results: dict[str, Any]) -> Verdict:
         return Verdict(claim, False, f"{nums}.")
     worse = separated(small["avgpool"]["test_error"], small["fc"]["test_error"], _floor(results))
     if worse is True:
+        pointer = (" On 8x8 inputs both heads see a 2x2 map; the same ablation at 32x32 is `convcanon experiment ideas "
+                   "--data cifar10:PATH`." if _where(results) == "digits" else "")
         return Verdict(claim, None, f"{nums}: far fewer parameters, but less accurate on {_where(results)} in this "
-                                    "budget.")
+                                    f"budget.{pointer}")
     return Verdict(claim, True, f"{nums}: {fc['params'] / avg['params']:.0f}x fewer parameters, accuracy "
                                 f"{'better' if worse is False else 'within the seed spread'}.")
 
