@@ -21,7 +21,7 @@ DIGITS_ONLY: dict[str, int] = {"digits": 8}
 # Data sets that the data layer does not load yet: a clear refusal instead of "unknown data set".
 NOT_YET = {"mnist": "MNIST has no loader in convcanon's data layer yet (it arrives with the standard-data-sets issue)",
            "fashion-mnist": "Fashion-MNIST has no loader in convcanon's data layer yet"}
-NAMES = {"digits": "the embedded 8x8 handwritten digits (scikit-learn)", "cifar10": "CIFAR-10",
+NAMES = {"digits": "the embedded 8x8 handwritten digits of scikit-learn", "cifar10": "CIFAR-10",
          "cifar100": "CIFAR-100", "folder": "an ImageFolder tree", "synthetic": "synthetic random images"}
 FINGERPRINT_BYTES = 1 << 16  # the first 64 KiB of each file, with every file's size: cheap, and tells sets apart
 
