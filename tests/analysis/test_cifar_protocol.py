@@ -246,3 +246,16 @@ def test_workers_share_the_gpus_round_robin(tmp_path, monkeypatch):
                                              log=lambda m: None)
     assert computed["pool"] == 6
     assert {o["gpu"] for o in outputs["pool"].values()} == {"0", "1"}
+
+
+def test_experiment_command_prints_the_predicted_cost_before_a_full_run(cifar, monkeypatch, capsys, tmp_path):
+    import convcanon.analysis.experiments as experiments
+
+    def not_here(*args, **kwargs):
+        raise RuntimeError("stopped before training (test)")
+
+    monkeypatch.setattr(experiments, "run_experiment", not_here)
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        main(["experiment", "he-table6", "--data", f"cifar10:{cifar}", "--out", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert "predicted cost" in err and " on h100" in err

@@ -43,7 +43,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="output directory (default: evidence/<mode>; evidence/<mode>-cifar10 etc. for other data)")
     p.add_argument("--data", default="digits", metavar="SPEC",
                    help="digits (the default: the 8x8 digits experiments), cifar10:PATH or cifar100:PATH (the papers' "
-                   "CIFAR protocols: He et al. Table 6, AlexNet Fig. 1); mnist has no loader yet")
+                   "CIFAR protocols: He et al. Table 6, AlexNet Fig. 1, and the ideas at 32x32), folder:PATH (Table "
+                   "6's protocol on an ImageFolder tree); mnist has no loader yet")
     p.add_argument("--seed", type=int, default=0, help="first seed; experiments with n seeds use seed..seed+n-1")
     p.add_argument("--force", action="store_true", help="recompute everything instead of reading the cache")
     p.add_argument("--jobs", type=int, default=None,
@@ -79,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..analysis.experiments import run_experiment
-    from ..analysis.experiments.core import duration, expected_seconds, experiment_module
+    from ..analysis.experiments.core import default_jobs, duration, expected_seconds, experiment_module
     from ..analysis.experiments.datasets import check_supported, default_out
+    from ..analysis.report import cost_line
     from ..tables import emit
 
     check(args)
@@ -91,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         est = expected_seconds(mod.NAME, "full", args.seed, args.device, args.jobs, out, args.data)
         print(f"convcanon experiment {mod.NAME} (full mode): expected {duration(est)} for what is not cached yet "
               f"(use --quick for the small configuration)", file=sys.stderr, flush=True)
+        line = cost_line([mod.NAME], "full", args.seed, args.data, args.device, args.jobs or default_jobs(args.device))
+        if line:
+            print(line, file=sys.stderr, flush=True)
     result = run_experiment(mod.NAME, out=out, mode=args.mode, seed=args.seed, device=args.device, force=args.force,
                             jobs=args.jobs, threads=args.threads, progress=args.progress, data=args.data)
     rows = [{"claim": v.claim, "verdict": v.label, "evidence": v.text} for v in result.verdicts]
