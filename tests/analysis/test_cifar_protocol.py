@@ -259,3 +259,8 @@ def test_experiment_command_prints_the_predicted_cost_before_a_full_run(cifar, m
         main(["experiment", "he-table6", "--data", f"cifar10:{cifar}", "--out", str(tmp_path), "--device", "cpu"])
     err = capsys.readouterr().err
     assert "predicted cost" in err and " on h100" in err
+
+
+def test_residual_depth_verdict_needs_the_plain_twin_beaten_too():
+    res = _table6(plain=(5.0, 0.25), resnet=(1.5, 0.2))  # plain-56 as good as resnet-56: not shown
+    assert he_table6.verdict_residual(res).holds is None

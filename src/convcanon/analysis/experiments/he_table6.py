@@ -167,7 +167,7 @@ def verdict_residual(results: dict[str, Any]) -> Verdict:
                  f"{fmt_pm(twin['train_error'], 2)}% training error")
     if deeper_better is False or beats is False:
         return Verdict(claim, False, f"{nums}: depth or the plain twin wins here.")
-    if deeper_better and beats is not False:
+    if deeper_better and (beats or twin is None):
         return Verdict(claim, True, f"{nums}: deeper is better with shortcuts, beyond the seed spread.")
     return Verdict(claim, None, f"{nums}: inside the seed spread (or below {FLOOR} point).")
 
