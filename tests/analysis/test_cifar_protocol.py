@@ -118,7 +118,7 @@ def test_fig1_verdict_and_the_papers_ratio_beside_the_measured_one():
 
 def test_each_data_runs_the_experiments_that_support_it(cifar):
     assert resolve_names(None) == DIGITS_EXPERIMENTS
-    assert resolve_names(None, f"cifar10:{cifar}") == ["he_table6", "alexnet_fig1", "ideas"]
+    assert resolve_names(None, f"cifar10:{cifar}") == ["he_table6", "alexnet_fig1", "ideas", "scaling"]
     with pytest.raises(ValueError, match="do.*not run on --data cifar10"):
         resolve_names("degradation", f"cifar10:{cifar}")
     with pytest.raises(ValueError, match="MNIST has no loader"):
@@ -147,7 +147,8 @@ def test_tiny_cifar_report_has_table6_and_fig1_with_the_paper_columns(cifar, tmp
     """The acceptance run: `convcanon report --tiny --data cifar10:PATH` on generated data; then a second machine's
     copy of the data (another path) finds every unit in the copied cache and only re-renders."""
     out = tmp_path / "report"
-    result = build_report(out, mode="tiny", data=f"cifar10:{cifar}", jobs=1, threads=1, progress=False,
+    only = "he_table6,alexnet_fig1,ideas"  # scaling's torchrun runs: in the slow test below
+    result = build_report(out, mode="tiny", data=f"cifar10:{cifar}", only=only, jobs=1, threads=1, progress=False,
                           log=lambda m: None)
     text = result.path.read_text()
     assert "Degradation on CIFAR-10, as He et al. 2016 Table 6 and Fig. 6" in text
@@ -164,7 +165,7 @@ def test_tiny_cifar_report_has_table6_and_fig1_with_the_paper_columns(cifar, tmp
     shutil.copytree(out, merged)  # units from "another machine", copied together
     moved = shutil.copytree(cifar, tmp_path / "machine2" / "cifar-10-batches-py")
     before = len(core.COMPUTED)
-    again = build_report(merged, mode="tiny", data=f"cifar10:{moved}", jobs=1, threads=1, progress=False,
+    again = build_report(merged, mode="tiny", data=f"cifar10:{moved}", only=only, jobs=1, threads=1, progress=False,
                          log=lambda m: None)
     assert len(core.COMPUTED) == before and all(r.computed == 0 for r in again.runs)
 
@@ -264,3 +265,15 @@ def test_experiment_command_prints_the_predicted_cost_before_a_full_run(cifar, m
 def test_residual_depth_verdict_needs_the_plain_twin_beaten_too():
     res = _table6(plain=(5.0, 0.25), resnet=(1.5, 0.2))  # plain-56 as good as resnet-56: not shown
     assert he_table6.verdict_residual(res).holds is None
+
+
+@pytest.mark.slow  # torchrun and a dozen engine runs: ~2 minutes
+def test_tiny_scaling_on_cifar(cifar, tmp_path):
+    run = core.run_experiment("scaling", out=tmp_path, mode="tiny", data=f"cifar10:{cifar}", jobs=1, threads=1,
+                              progress=False, log=lambda m: None)
+    ddp = run.results["equivalence"]["ddp_vs_accumulation"]
+    assert ddp["ok"], ddp.get("output_tail")
+    assert "--data cifar10:" in ddp["command"] and run.settings["data"] == f"cifar10:{cifar}"
+    assert core.experiment_module("scaling").settings("full", 0, "cpu", "cifar10:x")["linear"]["base_batch"] == 128
+    assert all(u.params.get("data") == f"cifar10:{cifar}" or u.params.get("config", u.params.get("a", {})).get(
+        "data") == f"cifar10:{cifar}" for u in core.experiment_module("scaling").units(run.settings))

@@ -41,10 +41,9 @@ from typing import Any, Literal
 
 from ... import __version__
 from ...io import atomic_write_json
-from .datasets import check_supported, data_identity
+from .datasets import check_supported, keyed
 
-# The experiments, one module each, in report order; pitfalls last, it reads the others' results. A report runs those
-# that support its data (``datasets``): the digits ones, or the CIFAR paper protocols (he_table6, alexnet_fig1).
+# The experiments in report order (pitfalls last: it reads the others'); a report runs those its data supports.
 EXPERIMENTS: tuple[str, ...] = ("canon", "degradation", "he_table6", "alexnet_fig1", "identity", "gradient_flow",
                                 "ideas", "scaling", "pitfalls")
 
@@ -130,12 +129,6 @@ class Unit:
                             "convcanon": __version__})
 
 
-def keyed(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` as hashed into a cache key: a ``data`` spec replaced by the data's identity (not its path)."""
-    if "data" not in params:
-        return params
-    return {**params, "data": data_identity(params["data"])}
-
 
 def stable_hash(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -155,9 +148,10 @@ def _call(func: str, params: dict[str, Any], threads: int) -> tuple[dict[str, An
 
 
 def _worker_init(gpus: Any = None) -> None:
-    # Spawned workers import torch once; keep their OpenMP pools from spinning on shared cores.
+    # Spawned workers import torch once; keep their OpenMP pools from spinning on shared cores. With several GPUs,
+    # each worker is given one (round robin), before this process initializes CUDA.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if gpus is not None:  # one GPU per worker, round robin: set before this process initializes CUDA
+    if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
@@ -170,7 +164,7 @@ def default_jobs(device: str = "auto") -> int:
 
 
 def _gpu_count(device: str) -> int:
-    if not (device == "auto" or device == "cuda"):
+    if device not in ("auto", "cuda"):
         return 0  # cpu, or one named GPU (cuda:1): every worker uses what was asked for
     import torch
 
@@ -424,8 +418,7 @@ def run_units(tasks: Sequence[tuple[str, Unit, Path]], *, force: bool, jobs: int
 
 
 def _pool(jobs: int, device: str) -> ProcessPoolExecutor:
-    """``jobs`` spawned workers; with several GPUs they share them round robin (``--jobs`` above the GPU count: several
-    workers per GPU, which small CIFAR nets leave room for)."""
+    """``jobs`` spawned workers, sharing several GPUs round robin (more jobs than GPUs: several workers per GPU)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")

@@ -81,6 +81,16 @@ def default_out(mode: str, spec: str) -> str:
     return f"evidence/{mode}" if kind == "digits" else f"evidence/{mode}-{kind}"
 
 
+def keyed(params: Any) -> Any:
+    """``params`` as hashed into a cache key: every ``data`` spec, at any depth, replaced by the data's identity (its
+    kind and content, not its path; "digits" stays "digits", so the digits keys are what they always were)."""
+    if isinstance(params, dict):
+        return {k: data_identity(v) if k == "data" and isinstance(v, str) else keyed(v) for k, v in params.items()}
+    if isinstance(params, list):
+        return [keyed(v) for v in params]
+    return params
+
+
 def describe(spec: str) -> str:
     """The data and its source, for the report's header."""
     parsed = parse(spec)
