@@ -81,8 +81,10 @@ def catalog_device(device: str = "auto") -> str:
 
 
 def cost_line(names: Sequence[str], mode: Mode, seed: int, data: str, device: str, jobs: int) -> str | None:
-    """What the full report prints first when it runs the paper protocols: the estimator's predicted cost."""
-    if mode != "full" or not any(hasattr(experiment_module(n), "gpu_seconds") for n in names):
+    """What the full report prints first when it runs the CIFAR protocols: the estimator's predicted cost (digits runs
+    are not priced: the estimator knows CIFAR-size inputs, and they take minutes on a CPU)."""
+    if mode != "full" or data_kind(data) == "digits" or not any(hasattr(experiment_module(n), "gpu_seconds")
+                                                                 for n in names):
         return None
     cost = predicted_cost(names, mode, seed, data, device)
     return ("predicted cost (convcanon's estimator, every unit one after the other on one device): "
