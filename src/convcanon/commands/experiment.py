@@ -48,7 +48,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed; experiments with n seeds use seed..seed+n-1")
     p.add_argument("--force", action="store_true", help="recompute everything instead of reading the cache")
     p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes (default: one per CPU core on CPU, 1 with a GPU)")
+                   help="worker processes (default: one per CPU core on CPU, one per GPU with GPUs; more than the "
+                   "GPUs: several workers share each GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / jobs)")
     add_shared_flags(p, ("device",))  # train's --device
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
