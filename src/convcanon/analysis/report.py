@@ -132,9 +132,12 @@ def build_report(
     line = cost_line(names, mode, seed, data, device, jobs_used)
     if line:
         log(line)
+    runtime = (f"{duration(expected)} for what is not cached yet ({jobs_used} worker process(es), one CPU core each"
+               f"{'; a GPU is faster' if mode == 'full' else ''})")
+    if line and catalog_device(device) != "cpu":  # the CPU-core figure would mislead: the estimator's is above
+        runtime = f"the predicted cost above for what is not cached yet ({jobs_used} worker process(es))"
     log(f"convcanon report ({mode} mode) on {describe(data)}: {len(names)} experiment(s) into {out}; expected runtime "
-        f"{duration(expected)} for what is not cached yet ({jobs_used} worker process(es), one CPU core each"
-        f"{'; a GPU is faster' if mode == 'full' else ''}). Finished pieces are cached: an interrupted run resumes.")
+        f"{runtime}. Finished pieces are cached: an interrupted run resumes.")
     t0, c0 = time.perf_counter(), _cpu_seconds()
     # Every experiment's missing units in one pool, longest first, so no worker idles while another finishes a
     # long unit of one experiment; then each experiment is assembled from the cache.
