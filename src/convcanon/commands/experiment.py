@@ -22,6 +22,9 @@ examples:
   convcanon experiment scaling --quick --force      recompute instead of reading the cache
   convcanon experiment he-table6 --data cifar10:~/data/cifar-10-batches-py   the paper's 64k-step protocol (GPU)
 
+--data picks the data: digits (the default) for every experiment but he-table6 and alexnet-fig1; cifar10:PATH or
+cifar100:PATH for he-table6, alexnet-fig1, ideas and scaling at 32x32; folder:PATH for he-table6 (docs/evidence.md).
+
 Results are cached per experiment and configuration under OUT/NAME/ (results.json, units/, PNG plots): a rerun
 computes only what is missing. The report of every experiment at once is `convcanon report`.
 """
