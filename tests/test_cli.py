@@ -124,3 +124,14 @@ def test_estimate_batch_is_per_device_and_amp_is_precision(capsys):
     assert main(["estimate", "--model", "resnet50", "--device", "a100", "--batch-size", "32", "--global-batch",
                  "256"]) == 2  # fmt: skip
     assert "not both" in capsys.readouterr().err
+
+
+def test_models_family_takes_a_pattern_and_names_the_families_when_unknown(capsys):
+    import json
+
+    assert main(["models", "--family", "vgg*_bn", "--json"]) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} == {f"vgg{d}_bn" for d in (11, 13, 16, 19)}
+    assert main(["models", "--family", "resnets"]) == 2
+    assert "unknown model family 'resnets'; families: alexnet, googlenet, resnet, resnet_cifar, vgg" in (
+        capsys.readouterr().err
+    )

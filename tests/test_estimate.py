@@ -37,7 +37,6 @@ from convcanon.estimate import (
     measure_workload,
     memory_plan,
 )
-from convcanon.layers import logits_of
 
 # ---- catalog -------------------------------------------------------------------------------------------------------
 
@@ -322,7 +321,7 @@ def _timed_run(steps: int, batch: int) -> float:
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
 
     def step():
-        loss = F.cross_entropy(logits_of(model(x)), y)
+        loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -209,7 +209,7 @@ def test_lrn_present_or_absent(name, options, lrn, bn):
     ("name", "options", "message"),
     [
         ("alexnet", {"lrn": True, "batch_norm": True}, "batch_norm replaces LRN"),
-        ("alexnet_cifar", {"towers": 3}, "towers must be 1 or 2"),
+        ("alexnet_cifar", {"towers": 3}, "towers. of model .alexnet_cifar. must be one of 1, 2; got 3"),
         ("alexnet_owt", {"towers": 2}, "no option 'towers'"),
         ("alexnet", {"head": "gap"}, "'head'"),
         ("alexnet", {"dropout": 1.0}, "dropout"),

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from convcanon import create_model, list_models, model_info
-from convcanon.models.resnet import BasicBlock, Bottleneck, ShortcutA, from_torchvision
+from convcanon.models.resnet import BasicBlock, Bottleneck, ShortcutA, from_torchvision, residual_blocks
 from convcanon.models.torchvision_compat import load_torchvision_state_dict, torchvision_name
 
 
@@ -116,17 +116,19 @@ def test_blocks_are_bottlenecks_with_v15_stride_on_the_3x3():
     assert (first.conv1.stride, first.conv2.stride, first.shortcut[0].stride) == ((1, 1), (2, 2), (2, 2))
 
 
-def test_blocks_lists_every_block_in_forward_order():
+def test_blocks_are_the_stem_each_residual_block_in_forward_order_and_the_head():
     model = create_model("resnet20").eval()
     names = [name for name, _ in model.blocks()]
-    assert names == [f"stage{s}.{i}" for s in (1, 2, 3) for i in range(3)]
+    assert names == ["stem", *[f"stage{s}.{i}" for s in (1, 2, 3) for i in range(3)], "fc"]
+    assert [name for name, _ in residual_blocks(model)] == names[1:-1]
     seen = []
-    for name, block in model.blocks():
+    for name, block in residual_blocks(model):  # the model's own blocks, run in this order by its forward
         block.register_forward_hook(lambda m, i, o, name=name: seen.append(name))
     with torch.no_grad():
         model(torch.randn(1, 3, 8, 8))
-    assert seen == names
-    assert [n for n, _ in shapes_only("resnet18").blocks()] == [f"layer{s}.{i}" for s in (1, 2, 3, 4) for i in (0, 1)]
+    assert seen == names[1:-1]
+    expected = ["stem", *[f"layer{s}.{i}" for s in (1, 2, 3, 4) for i in (0, 1)], "fc"]
+    assert [n for n, _ in shapes_only("resnet18").blocks()] == expected
 
 
 def test_tanh_activation_replaces_every_relu():
@@ -143,7 +145,7 @@ def test_residual_false_changes_the_function_with_the_same_weights(name):
     plain = create_model(name, residual=False).eval()
     state = {k: v for k, v in residual.state_dict().items() if "shortcut." not in k}
     plain.load_state_dict(state, strict=True)
-    assert all(block.shortcut is None for _, block in plain.blocks())
+    assert all(block.shortcut is None for _, block in residual_blocks(plain))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(plain(x), residual(x))
@@ -171,13 +173,12 @@ def test_width_scales_every_stage():
 
 def test_zero_init_residual_starts_every_block_as_identity():
     model = create_model("resnet20", zero_init_residual=True).eval()
-    assert all((block.last_bn().weight == 0).all() for _, block in model.blocks())
+    assert all((block.last_bn().weight == 0).all() for _, block in residual_blocks(model))
     x = torch.rand(1, 16, 8, 8)  # non-negative, as after a ReLU: relu(0 + x) == x
     with torch.no_grad():
         assert torch.equal(model.stage1[1](x), x)
-    assert all(
-        (block.last_bn().weight == 0).all() for _, block in create_model("resnet50", zero_init_residual=True).blocks()
-    )
+    resnet50 = create_model("resnet50", zero_init_residual=True)
+    assert all((block.last_bn().weight == 0).all() for _, block in residual_blocks(resnet50))
 
 
 def test_no_batch_norm_plain_net_is_allowed_and_has_biases():
@@ -217,7 +218,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
     assert shortcut(torch.zeros(1, 2, 5, 5)).shape == (1, 4, 3, 3)
     model = create_model("resnet20")
     assert not any("shortcut" in k for k in model.state_dict())
-    assert sum(isinstance(b.shortcut, ShortcutA) for _, b in model.blocks()) == 2
+    assert sum(isinstance(b.shortcut, ShortcutA) for _, b in residual_blocks(model)) == 2
 
 
 def test_grayscale_8x8_trains_every_parameter():
@@ -247,4 +248,4 @@ def test_wrong_or_too_small_input_names_the_expected_shape():
 
 
 def test_blocks_are_basic_blocks_for_18_and_34():
-    assert all(isinstance(b, BasicBlock) for _, b in shapes_only("plain34").blocks())
+    assert all(isinstance(b, BasicBlock) for _, b in residual_blocks(shapes_only("plain34")))

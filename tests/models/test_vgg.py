@@ -176,7 +176,7 @@ def test_invalid_options_raise_value_error(name, options, message):
 
 
 def test_make_features_rejects_unknown_kernels():
-    with pytest.raises(ValueError, match="kernels must be 'stack'"):
+    with pytest.raises(ValueError, match="kernels must be one of stack, large .*; got 'huge'"):
         vgg_module.make_features([64, "M"], in_chans=3, batch_norm=False, activation="relu", kernels="huge")
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import convcanon
-from convcanon.parallel.pipeline import clip_global_norm
+from convcanon.parallel.pipeline import StageModule, clip_global_norm
 from convcanon.parallel.pipeline_split import (
     balance,
     describe_split,
@@ -40,6 +40,9 @@ MODELS = [
     ("alexnet", {"batch_norm": True}, 227),
     ("alexnet_owt", {}, 224),
     ("alexnet_cifar", {}, 32),
+    ("googlenet_cifar", {}, 32),  # aux heads off (its default): a chain like the others
+    ("googlenet", {"aux_heads": False}, 64),
+    ("googlenet_cifar", {"head": "fc"}, 32),
 ]
 
 
@@ -69,9 +72,26 @@ def test_layer_names_follow_the_model():
     assert names == [f"features.conv{i}" for i in range(1, 6)] + ["classifier.0", "classifier.4", "classifier.6"]
 
 
-def test_googlenet_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="auxiliary heads"):
-        pipeline_layers(convcanon.create_model("googlenet_cifar"))
+def test_models_with_auxiliary_heads_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="auxiliary heads.*aux_heads=false"):
+        pipeline_layers(convcanon.create_model("googlenet_cifar", aux_heads=True))
+    with pytest.raises(ValueError, match="blocks"):
+        pipeline_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)))
+
+
+def test_a_checkpointed_stage_gives_the_plain_stages_gradients():
+    torch.manual_seed(0)
+    model = _model("resnet20", {}).train()
+    layers = pipeline_layers(model)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+    grads = []
+    for checkpointed in (False, True):
+        stage = StageModule(layers)
+        stage.set_grad_checkpointing(checkpointed)  # what the engine does with --activation-checkpointing
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(stage(x), y).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_flop_costs_add_up_to_the_whole_model():

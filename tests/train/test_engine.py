@@ -12,14 +12,7 @@ from torch import nn
 
 import convcanon
 from convcanon.train.config import TrainConfig, add_config_arguments, config_from_args, config_from_dict
-from convcanon.train.engine import (
-    CompiledWithFallback,
-    DeviceFacts,
-    checkpoint_blocks,
-    engine_for,
-    is_checkpointed,
-    resolve_engine,
-)
+from convcanon.train.engine import CompiledWithFallback, DeviceFacts, engine_for, resolve_engine
 
 H100 = DeviceFacts("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
 V100 = DeviceFacts("cuda", "Tesla V100-SXM2-16GB", (7, 0))
@@ -185,28 +178,56 @@ def test_real_compile_matches_eager():
 
 # ---- activation checkpointing
 
+# One model per family, at a small input side it accepts (GoogLeNet with its aux heads, which checkpoint too).
+CHECKPOINTED = {"resnet20": 8, "resnet18": 32, "vgg16_bn_cifar": 32, "alexnet_cifar": 15, "googlenet_cifar": 8}
+
+
+def _checkpointed_twin(name):
+    torch.manual_seed(0)
+    options = {"aux_heads": True} if name.startswith("googlenet") else {}
+    plain = convcanon.create_model(name, num_classes=10, **options)
+    ckpt = copy.deepcopy(plain)
+    # Through the engine, as train does; fp32 and the default layout, so both models compute the same floats.
+    engine = resolve_engine(device="cpu", amp="off", channels_last=False, activation_checkpointing=True)
+    assert engine.prepare_model(ckpt) is ckpt
+    return plain, ckpt
+
 
 def _step(model, x, y):
-    F.cross_entropy(model(x), y).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    """One training step; returns the gradients and the bytes of the activations autograd kept for backward."""
+    params = {p.data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    torch.manual_seed(1)  # the same dropout masks in both models
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model.forward_with_aux(x)
+        loss = F.cross_entropy(out.logits, y) + 0.3 * sum(F.cross_entropy(a, y) for a in out.aux)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, sum(saved.values())
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
-def test_checkpointing_gives_the_plain_models_gradients_and_statistics(name):
-    torch.manual_seed(0)
-    size = 8 if name == "resnet20" else 32
-    plain = convcanon.create_model(name, num_classes=10)
-    ckpt = copy.deepcopy(plain)
-    names = checkpoint_blocks(ckpt)
-    assert names == [n for n, _ in plain.blocks()] and all(is_checkpointed(b) for _, b in ckpt.blocks())
+@pytest.mark.parametrize("name", CHECKPOINTED)
+def test_checkpointing_gives_the_plain_models_gradients_and_statistics_in_less_memory(name):
+    plain, ckpt = _checkpointed_twin(name)
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
+    assert [type(m) for m in ckpt.modules()] == [type(m) for m in plain.modules()]  # no class swapped, no wrapper
     assert list(ckpt.state_dict()) == list(plain.state_dict())  # same names: checkpoints stay loadable
 
     recomputed = []
-    first_conv = ckpt.blocks()[0][1].conv1
+    second_block = ckpt.feature_blocks()[1][1]
+    first_conv = next(m for m in second_block.modules() if isinstance(m, nn.Conv2d))
     first_conv.register_forward_hook(lambda *a: recomputed.append(1))
-    x, y = torch.randn(2, 3, size, size), torch.randint(0, 10, (2,))
-    g_plain, g_ckpt = _step(plain, x, y), _step(ckpt, x, y)
+    side = CHECKPOINTED[name]
+    x, y = torch.randn(2, 3, side, side), torch.randint(0, 10, (2,))
+    (g_plain, kept_plain), (g_ckpt, kept_ckpt) = _step(plain, x, y), _step(ckpt, x, y)
     assert len(recomputed) == 2  # forward, then again in backward: the activations were not kept
+    # What stays is about one input per block, a fraction of what the plain model keeps.
+    assert kept_ckpt < 0.5 * kept_plain, (kept_ckpt, kept_plain)
     # Exact: the recomputation runs the same kernels on the same inputs in the same order, so every float is equal.
     for key in g_plain:
         torch.testing.assert_close(g_ckpt[key], g_plain[key], rtol=0, atol=0, msg=key)
@@ -217,12 +238,13 @@ def test_checkpointing_gives_the_plain_models_gradients_and_statistics(name):
 
 def test_checkpointing_is_skipped_without_grad_and_refused_without_blocks():
     model = convcanon.create_model("resnet20", num_classes=10)
-    checkpoint_blocks(model)
+    model.set_grad_checkpointing(True)
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 8, 8)).shape == (1, 10)
-    with pytest.raises(ValueError, match="residual blocks"):
-        checkpoint_blocks(nn.Sequential(nn.Conv2d(3, 3, 3)))
+    engine = resolve_engine(device="cpu", activation_checkpointing=True)
+    with pytest.raises(ValueError, match="no set_grad_checkpointing"):
+        engine.prepare_model(nn.Sequential(nn.Conv2d(3, 3, 3)))
 
 
 # ---- the training loop applies and records the engine
@@ -258,9 +280,9 @@ def test_real_gpu_resolution_and_checkpointing_on_it():
     torch.manual_seed(0)
     plain = convcanon.create_model("resnet20", num_classes=10).cuda()
     ckpt = copy.deepcopy(plain)
-    checkpoint_blocks(ckpt)
+    ckpt.set_grad_checkpointing(True)
     x, y = torch.randn(4, 3, 16, 16, device="cuda"), torch.randint(0, 10, (4,), device="cuda")
-    g_plain, g_ckpt = _step(plain, x, y), _step(ckpt, x, y)
+    (g_plain, _), (g_ckpt, _) = _step(plain, x, y), _step(ckpt, x, y)
     for key in g_plain:
         # 1e-5: cuDNN may pick another algorithm for the recomputation than for the first forward (it is not bound to
         # the same one across calls unless deterministic), so the gradients agree to float32 rounding, not bitwise.

@@ -45,7 +45,7 @@ def check_fits(model: str, options: dict[str, Any], *, num_classes: int, in_chan
         return
     per_image = plan.activations_gib / micro_batch
     fixes = ["lower --batch-size (and raise --accum-steps to keep the batch)" if per_image < capacity else None,
-             f"lower {size_flag}", "add --activation-checkpointing" if "resnet" in model else None,
+             f"lower {size_flag}", "add --activation-checkpointing",
              "use --amp bf16" if precision == "fp32" else None]
     raise ValueError(
         f"--model {model} at {image_size}x{image_size} with {micro_batch} images per step needs about "

@@ -29,7 +29,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..layers import logits_of
 from ..registry import create_model, model_info, model_options
 
 _BATCH = 3  # odd, so no channel count of 2 or 4 is mistaken for the batch dimension
@@ -119,7 +118,7 @@ def _measure(name: str, num_classes: int | None, image_size: int | None, options
     flops, tally = FlopCounterMode(display=False), _OpTally(_BATCH)
     try:
         with flops, tally, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits_of(model(x))
+            model.forward_with_aux(x)  # the training forward: auxiliary heads (GoogLeNet) included
     finally:
         for h in hooks:
             h.remove()
@@ -150,7 +149,7 @@ def measure_workload(name: str, *, num_classes: int | None = None, image_size: i
 
 
 def smallest_input(name: str, **options: object) -> int:
-    """The smallest square input side ``name`` accepts (its ``min_size``; 1 for models that do not say)."""
+    """The smallest square input side ``name`` accepts (the model contract's ``min_size``)."""
     with torch.device("meta"):
         model = create_model(name, **options)
-    return int(getattr(model, "min_size", 1))
+    return int(model.min_size)

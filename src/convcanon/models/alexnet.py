@@ -18,39 +18,29 @@ both towers: there the GPUs exchanged activations, and there a model-parallel sp
 normalize within each tower, as each GPU normalized its own maps.
 """
 
-from __future__ import annotations
-
-import itertools
 import re
 from collections import OrderedDict
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Activation, HeadKind, check_dropout, check_input, fc_tower, make_activation
-from ..registry import register_model
+from ..layers import (
+    ACTIVATIONS,
+    HEAD_KINDS,
+    checkpoint_seq,
+    make_activation,
+    make_head,
+    min_input_side,
+    reduction,
+    windows,
+)
+from ..registry import Option, register_model, without
+from .base import CanonModel, weighted_groups
 
-TORCHVISION_NAMES: dict[str, str] = {"alexnet_owt": "alexnet"}
-
-# torchvision's alexnet keeps its convs at these indices of ``features``; ours are named conv1..conv5.
-_TORCHVISION_CONV_INDEX = {"0": "conv1", "3": "conv2", "6": "conv3", "8": "conv4", "10": "conv5"}
-
-
-def from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename torchvision ``alexnet`` keys (``features.3.weight``) to ours (``features.conv2.weight``)."""
-
-    def rename(key: str) -> str:
-        match = re.fullmatch(r"features\.(\d+)\.(.+)", key)
-        return f"features.{_TORCHVISION_CONV_INDEX[match[1]]}.{match[2]}" if match else key
-
-    return {rename(k): v for k, v in state_dict.items()}
-
-
-def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Spatial output size of a conv or pool, or 0 when the window does not fit the padded input."""
-    return 0 if size + 2 * padding < kernel else (size + 2 * padding - kernel) // stride + 1
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
 
 
 class LocalResponseNorm(nn.Module):
@@ -61,14 +51,28 @@ class LocalResponseNorm(nn.Module):
     to it as alpha * n.
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, towers: int = 1):
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, towers: int = 1
+    ) -> None:
         super().__init__()
+        if size % 2 == 0:
+            raise ValueError(f"LRN size must be odd (a window centred on each channel), got {size}")
         self.size, self.alpha, self.beta, self.k, self.towers = size, alpha, beta, k, towers
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = self.alpha * self.size
+        if self.towers == 1:
+            return self._normalize(x)
+        # Indexed, not iterated: fx traces a loop over a Python range, not over the tensors chunk returns.
         towers = x.chunk(self.towers, dim=1)
-        return torch.cat([F.local_response_norm(t, self.size, alpha, self.beta, self.k) for t in towers], dim=1)
+        return torch.cat([self._normalize(towers[t]) for t in range(self.towers)], dim=1)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        # F.local_response_norm's own arithmetic for 4-d input, with the zero padding of the channel window given to
+        # the pool instead of F.pad: the same floats, and static shapes for the legacy ONNX exporter. (The pool wants
+        # at least `size` channels per tower; every layout has 24 or more.)
+        div = x.mul(x).unsqueeze(1)
+        div = F.avg_pool3d(div, (self.size, 1, 1), stride=1, padding=(self.size // 2, 0, 0)).squeeze(1)
+        return x / div.mul(self.alpha * self.size).add(self.k).pow(self.beta)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, towers={self.towers}"
@@ -92,9 +96,14 @@ class AlexNetLayout(NamedTuple):
     hidden: int  # width of the two hidden FC layers
     lrn: bool  # LRN on unless asked otherwise (the paper's layouts); batch_norm turns it off
     init: str  # "paper": section 5; "torchvision": PyTorch's default; "kaiming": He et al. 2015, fan_in, zero bias
+    image_size: int  # the nominal input side
 
 
-class AlexNet(nn.Module):
+# --------------------------------------------------------------------------------------------------------------------
+# network
+
+
+class AlexNet(CanonModel):
     """Five convolutional layers and a three-layer classifier, built from an :class:`AlexNetLayout`.
 
     Switches: ``activation`` (the paper's ReLU vs the saturating tanh/sigmoid it was compared against), ``dropout``
@@ -116,6 +125,10 @@ class AlexNet(nn.Module):
             conv3 and the classifier read both halves.
     """
 
+    classifier_name = "classifier"
+    if TYPE_CHECKING:  # for type checkers only (TorchScript reads class annotations)
+        classifier: nn.Sequential
+
     def __init__(
         self,
         layout: AlexNetLayout,
@@ -130,51 +143,24 @@ class AlexNet(nn.Module):
         towers: int = 1,
         name: str = "alexnet",
     ) -> None:
-        super().__init__()
+        super().__init__(name=name, in_chans=in_chans, num_classes=num_classes, head=head, dropout=dropout)
         if lrn and batch_norm:
             raise ValueError(f"{name}: batch_norm replaces LRN; leave lrn unset (or False) with batch_norm=True")
         if towers not in (1, 2):
             raise ValueError(f"{name}: towers must be 1 or 2 (the paper's two GPUs), got {towers!r}")
         if towers > 1 and not any(c.split for c in layout.convs):
             raise ValueError(f"{name}: this layout has a single tower; towers=2 needs the paper layout (alexnet)")
-        if head not in ("fc", "avgpool"):
-            raise ValueError(f"{name}: head must be 'fc' or 'avgpool', got {head!r}")
-        if in_chans < 1:
-            raise ValueError(f"{name}: in_chans must be >= 1, got {in_chans}")
-        dropout = check_dropout(dropout)
-        make_activation(activation)  # fail on an unknown name before building anything
+        make_activation(activation)  # an unknown name fails before anything is built
 
-        self.name, self.in_chans, self.num_classes, self.towers = name, in_chans, num_classes, towers
+        self.towers = towers
         self.split_layers: tuple[str, ...] = tuple(
             f"features.conv{i}" for i, c in enumerate(layout.convs, 1) if c.split and towers > 1
         )
-        self.min_size = self._smallest_input(layout.convs)
-
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        channels = in_chans
-        for i, c in enumerate(layout.convs, 1):
-            groups = towers if c.split else 1
-            conv = nn.Conv2d(channels, c.width, c.kernel, c.stride, c.padding, groups=groups, bias=not batch_norm)
-            layers[f"conv{i}"] = conv
-            if batch_norm:
-                layers[f"bn{i}"] = nn.BatchNorm2d(c.width)
-            layers[f"act{i}"] = make_activation(activation)
-            if lrn and c.lrn:
-                layers[f"lrn{i}"] = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, towers=towers)
-            if c.pool:
-                layers[f"pool{i}"] = nn.MaxPool2d(kernel_size=3, stride=2)  # overlapping: s < z (section 3.4)
-            channels = c.width
-        self.features = nn.Sequential(layers)
-
-        if head == "fc":
-            self.avgpool = nn.AdaptiveAvgPool2d(layout.pool_size)
-            flat = channels * layout.pool_size**2
-            self.classifier = fc_tower(
-                flat, layout.hidden, num_classes, dropout=dropout, activation=activation, dropout_first=True
-            )
-        else:
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.features = self._make_features(layout, activation=activation, lrn=lrn, batch_norm=batch_norm)
+        self.num_features = channels = layout.convs[-1].width
+        self.set_head(make_head(head, channels, num_classes, dropout=dropout, activation=activation,
+                                grid=layout.pool_size, hidden=layout.hidden, dropout_first=True,
+                                dropout_in_classifier=True))  # fmt: skip
 
         if layout.init == "paper":
             self._init_as_paper()
@@ -184,19 +170,25 @@ class AlexNet(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
+        self.min_size = min_input_side(windows(self.features))
+        self.describe(image_size=layout.image_size, stages=self._stages())
 
-    @staticmethod
-    def _smallest_input(convs: tuple[ConvSpec, ...]) -> int:
-        """Smallest square input on which every conv and pool window fits, found by trying sizes."""
-        for size in itertools.count(1):
-            s = size
-            for c in convs:
-                s = _conv_output_size(s, c.kernel, c.stride, c.padding)
-                if c.pool:
-                    s = _conv_output_size(s, 3, 2, 0)
-            if s >= 1:
-                return size
-        raise AssertionError("unreachable")
+    def _make_features(self, layout: AlexNetLayout, *, activation: str, lrn: bool, batch_norm: bool) -> nn.Sequential:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        channels = self.in_chans
+        for i, c in enumerate(layout.convs, 1):
+            groups = self.towers if c.split else 1
+            conv = nn.Conv2d(channels, c.width, c.kernel, c.stride, c.padding, groups=groups, bias=not batch_norm)
+            layers[f"conv{i}"] = conv
+            if batch_norm:
+                layers[f"bn{i}"] = nn.BatchNorm2d(c.width)
+            layers[f"act{i}"] = make_activation(activation)
+            if lrn and c.lrn:
+                layers[f"lrn{i}"] = LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, towers=self.towers)
+            if c.pool:
+                layers[f"pool{i}"] = nn.MaxPool2d(kernel_size=3, stride=2)  # overlapping: s < z (section 3.4)
+            channels = c.width
+        return nn.Sequential(layers)
 
     def _init_as_paper(self) -> None:
         # Section 5: weights from N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FCs ("accelerates the
@@ -206,24 +198,47 @@ class AlexNet(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        bias_one = [self.features.get_submodule(f"conv{i}") for i in (2, 4, 5)]
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        bias_one: list[nn.Conv2d | nn.Linear] = [convs[1], convs[3], convs[4]]  # conv2, conv4, conv5
         bias_one += [m for m in self.classifier if isinstance(m, nn.Linear)][:-1]
-        for m in bias_one:
-            if m.bias is not None:
-                nn.init.ones_(m.bias)
+        for layer in bias_one:
+            if layer.bias is not None:
+                nn.init.ones_(layer.bias)
+
+    def _stages(self) -> list[dict[str, Any]]:
+        info, channels = [], self.in_chans
+        for index, (name, m) in enumerate(self.features.named_children()):
+            channels = m.out_channels if isinstance(m, nn.Conv2d) else channels
+            if isinstance(m, nn.MaxPool2d):
+                path = windows(self.features[: index + 1])
+                info.append({"num_chs": channels, "reduction": reduction(path), "module": f"features.{name}"})
+        return info
+
+    def feature_blocks(self) -> list[tuple[str, nn.Module]]:
+        """Each conv with its norm, activation, LRN and pool: features.conv1 .. features.conv5."""
+        return weighted_groups("features", self.features)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x)  # (N, 256, 6, 6) for the paper at 227x227
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.feature_blocks(), x)
+        x = self.features(x)  # (N, 256, 6, 6) for the paper at 227x227
+        return x
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(self.avgpool(features), 1))
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        last = len(self.classifier) - 1
+        for index, layer in enumerate(self.classifier):  # the last layer is the class layer
+            if index < last or not pre_logits:
+                x = layer(x)
+        return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(x, in_chans=self.in_chans, min_size=self.min_size, model=self.name)
-        return self.forward_head(self.forward_features(x))
+
+# --------------------------------------------------------------------------------------------------------------------
+# private builder, config table
 
 
-def _alexnet(layout: AlexNetLayout, name: str, *, lrn: bool | None, batch_norm: bool, **options) -> AlexNet:
+def _alexnet(layout: AlexNetLayout, name: str, *, lrn: bool | None, batch_norm: bool, **options: Any) -> AlexNet:
     if lrn is None:  # unset: the layout's own choice, unless batch norm replaces it
         lrn = layout.lrn and not batch_norm
     return AlexNet(layout, lrn=lrn, batch_norm=batch_norm, name=name, **options)
@@ -241,6 +256,7 @@ PAPER = AlexNetLayout(
     hidden=4096,
     lrn=True,
     init="paper",
+    image_size=227,
 )
 ONE_WEIRD_TRICK = AlexNetLayout(
     convs=(
@@ -254,6 +270,7 @@ ONE_WEIRD_TRICK = AlexNetLayout(
     hidden=4096,
     lrn=False,
     init="torchvision",  # torchvision keeps PyTorch's default init for this layout
+    image_size=224,
 )
 CIFAR = AlexNetLayout(
     convs=(
@@ -267,54 +284,56 @@ CIFAR = AlexNetLayout(
     hidden=512,
     lrn=True,
     init="kaiming",  # see alexnet_cifar's docstring
+    image_size=32,
 )
 
+OPTIONS: tuple[Option, ...] = (
+    Option("in_chans", int, 3, "input channels (1 for grayscale)", low=1),
+    Option("activation", str, "relu", "the non-linearity after every conv and hidden FC", choices=ACTIVATIONS),
+    Option("dropout", float, 0.5, "dropout before each hidden FC (before the Linear with head=avgpool)", low=0,
+           high=1),
+    Option("lrn", bool, None, "local response normalization after conv1 and conv2 (default: the layout's, off with "
+           "batch_norm)"),
+    Option("batch_norm", bool, False, "batch norm after every conv, instead of LRN"),
+    Option("head", str, "fc", "the FC tower, or global average pool + one Linear", choices=HEAD_KINDS),
+    Option("towers", int, 2, "2: conv2, conv4, conv5 grouped as on the paper's two GPUs; 1: one tower",
+           choices=(1, 2)),
+)  # fmt: skip
 
-@register_model(family="alexnet", depth=8, input_size=(3, 227, 227))
-def alexnet(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    activation: Activation = "relu",
-    dropout: float = 0.5,
-    lrn: bool | None = None,
-    batch_norm: bool = False,
-    head: HeadKind = "fc",
-    towers: int = 2,
-) -> AlexNet:
+TORCHVISION_NAMES: dict[str, str] = {"alexnet_owt": "alexnet"}
+
+# torchvision's alexnet keeps its convs at these indices of ``features``; ours are named conv1..conv5.
+_TORCHVISION_CONV_INDEX = {"0": "conv1", "3": "conv2", "6": "conv3", "8": "conv4", "10": "conv5"}
+
+
+def from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename torchvision ``alexnet`` keys (``features.3.weight``) to ours (``features.conv2.weight``)."""
+
+    def rename(key: str) -> str:
+        match = re.fullmatch(r"features\.(\d+)\.(.+)", key)
+        return f"features.{_TORCHVISION_CONV_INDEX[match[1]]}.{match[2]}" if match else key
+
+    return {rename(k): v for k, v in state_dict.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# public builders
+
+
+@register_model(family="alexnet", depth=8, input_size=(3, 227, 227), options=OPTIONS)
+def alexnet(**options: Any) -> AlexNet:
     """AlexNet as in the 2012 paper: two towers, LRN, 227x227 input, 60,965,224 parameters."""
-    return _alexnet(PAPER, "alexnet", num_classes=num_classes, in_chans=in_chans, activation=activation,
-                    dropout=dropout, lrn=lrn, batch_norm=batch_norm, head=head, towers=towers)  # fmt: skip
+    return _alexnet(PAPER, "alexnet", **options)
 
 
-@register_model(family="alexnet", depth=8, input_size=(3, 224, 224))
-def alexnet_owt(
-    *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    activation: Activation = "relu",
-    dropout: float = 0.5,
-    lrn: bool | None = None,
-    batch_norm: bool = False,
-    head: HeadKind = "fc",
-) -> AlexNet:
+@register_model(family="alexnet", depth=8, input_size=(3, 224, 224), options=without(OPTIONS, "towers"))
+def alexnet_owt(**options: Any) -> AlexNet:
     """AlexNet, single-tower "one weird trick" layout (torchvision's alexnet), 61,100,840 parameters."""
-    return _alexnet(ONE_WEIRD_TRICK, "alexnet_owt", num_classes=num_classes, in_chans=in_chans, activation=activation,
-                    dropout=dropout, lrn=lrn, batch_norm=batch_norm, head=head, towers=1)  # fmt: skip
+    return _alexnet(ONE_WEIRD_TRICK, "alexnet_owt", towers=1, **options)
 
 
-@register_model(family="alexnet", depth=8, input_size=(3, 32, 32), num_classes=10)
-def alexnet_cifar(
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    activation: Activation = "relu",
-    dropout: float = 0.5,
-    lrn: bool | None = None,
-    batch_norm: bool = False,
-    head: HeadKind = "fc",
-    towers: int = 2,
-) -> AlexNet:
+@register_model(family="alexnet", depth=8, input_size=(3, 32, 32), num_classes=10, options=OPTIONS)
+def alexnet_cifar(**options: Any) -> AlexNet:
     """AlexNet for 32x32 images: the paper's two towers, LRN and FC tower at CPU size, 1.44M parameters.
 
     What changed and why: conv1 is 5x5 with stride 1 instead of 11x11 with stride 4, since a 4x stride would leave
@@ -327,5 +346,4 @@ def alexnet_cifar(
     gradient is ~1e-5, so SGD at lr 0.01 stays at chance for hundreds of steps (the paper outlasted this over 90
     ImageNet epochs); with Kaiming init it reaches ~90% on 32x32 digits in 150 steps of batch 32.
     """
-    return _alexnet(CIFAR, "alexnet_cifar", num_classes=num_classes, in_chans=in_chans, activation=activation,
-                    dropout=dropout, lrn=lrn, batch_norm=batch_norm, head=head, towers=towers)  # fmt: skip
+    return _alexnet(CIFAR, "alexnet_cifar", **options)

@@ -53,32 +53,37 @@ input channel through the pool branch and change every later module's width; kee
 of Table 1 and isolates the cost of the missing reductions (``inception_params`` gives the formula; ``googlenet``
 grows from 7.0M to 25.3M parameters). The stem's 1x1 conv2 stays: it is not part of an Inception module.
 
-The aux classifiers run only in training mode and only with ``aux_heads=True``; ``forward`` always returns
-``layers.ModelOutput(logits, aux)``, ``aux`` being the two aux logits (4a first) or ``()``. The paper adds their losses
-with weight 0.3.
+``forward`` returns the logits, in training and in eval, as every model does. The aux classifiers are asked for:
+``forward_with_aux(x)`` returns ``layers.ModelOutput(logits, aux)``, ``aux`` being the two aux logits (4a first) in
+training mode with ``aux_heads=True`` (``has_aux``), and ``()`` otherwise; the training task adds their losses with
+the paper's weight 0.3.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import (
-    Activation,
+    ACTIVATIONS,
+    HEAD_KINDS,
     ConvNormAct,
-    HeadKind,
     ModelOutput,
-    check_dropout,
     check_input,
-    fc_tower,
+    checkpoint_block,
+    checkpoint_seq,
     make_activation,
+    make_head,
+    min_input_side,
+    reduction,
+    windows,
 )
-from ..registry import register_model
+from ..registry import Option, register_model, with_defaults, without
+from .base import CanonModel
 
 _BN_EPS = 1e-3  # torchvision's BasicConv2d (inherited from TF-slim's Inception); kept for every BN variant here
 _AUX_DROPOUT = 0.7  # paper Sec. 5: "dropout layer with 70% ratio of dropped outputs"
@@ -105,35 +110,7 @@ def inception_params(
     return sum(k * k * c_in * c_out + per_channel * c_out for c_in, c_out, k in convs)
 
 
-def _side_after(size: int, layers: Iterable[nn.Module]) -> int:
-    """Spatial side after ``layers`` in order (PyTorch's output-size formulas, ceil mode included); 0 means it fails.
-
-    Layers other than convolutions and pools keep the size. Inside an Inception module every branch keeps the size,
-    so walking the branches one after another gives the module's size too.
-    """
-    for layer in layers:
-        if size < 1:
-            return 0
-        if isinstance(layer, nn.AdaptiveAvgPool2d):
-            out = layer.output_size
-            size = out if isinstance(out, int) else out[0]
-        elif isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            k, s, p = (v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride, layer.padding))
-            d = getattr(layer, "dilation", 1)
-            d = d if isinstance(d, int) else d[0]
-            ceil = getattr(layer, "ceil_mode", False)
-            span = size + 2 * p - d * (k - 1) - 1
-            if span < 0 and isinstance(layer, nn.Conv2d):
-                return 0
-            # A ceil-mode pool accepts a map smaller than its kernel (torchvision's googlenet runs on 15x15 so).
-            out = (span + (s - 1 if ceil else 0)) // s + 1
-            if ceil and (out - 1) * s >= size + p:  # a last window starting in the right padding is dropped
-                out -= 1
-            size = out
-    return max(size, 0)
-
-
-def init_weights(model: GoogLeNet, *, batch_norm: bool) -> None:
+def init_weights(model: "GoogLeNet", *, batch_norm: bool) -> None:
     """Initialize as the reference implementation of each variant did.
 
     With batch norm: torchvision's googlenet (truncated normal, std 0.01, cut at +-2, for every conv and Linear weight;
@@ -147,7 +124,8 @@ def init_weights(model: GoogLeNet, *, batch_norm: bool) -> None:
                 nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
             else:
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="linear")  # bound sqrt(3 / fan_in) = Caffe xavier
-                nn.init.constant_(m.bias, 0.2)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0.2)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -233,7 +211,8 @@ class InceptionAux(nn.Module):
         x = torch.flatten(x, 1)
         x = self.act(self.fc1(x))
         x = self.dropout(x)
-        return self.fc2(x)
+        x = self.fc2(x)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -258,9 +237,10 @@ class GoogLeNetConfig:
     aux_hidden: int  # width of the aux hidden FC
     fc_hidden: int  # hidden width of the head="fc" tower
     fc_grid: int  # side of the feature map the head="fc" tower flattens (the final map of the nominal input)
+    image_size: int  # the nominal input side
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(CanonModel):
     """Stem, Inception stages 3-5 with max pools between them, then the head; aux heads on two stage-4 modules.
 
     ``features`` is one Sequential (stem and stages, torchvision's names: ``conv1`` .. ``maxpool2``,
@@ -276,27 +256,49 @@ class GoogLeNet(nn.Module):
         name: str = "googlenet",
         num_classes: int = 1000,
         in_chans: int = 3,
-        activation: Activation = "relu",
+        activation: str = "relu",
         dropout: float = 0.4,
         aux_heads: bool = True,
         reductions: bool = True,
-        head: HeadKind = "avgpool",
+        head: str = "avgpool",
         batch_norm: bool = False,
     ) -> None:
-        super().__init__()
-        dropout = check_dropout(dropout)
-        if head not in ("avgpool", "fc"):
-            raise ValueError(f"head must be 'avgpool' (global average pool) or 'fc' (FC tower), got {head!r}")
-        if in_chans < 1 or num_classes < 1:
-            raise ValueError(f"in_chans and num_classes must be >= 1, got {in_chans} and {num_classes}")
-        make_activation(activation)  # raises on an unknown name before anything is built
-        self.name = name
-        self.in_chans = in_chans
-        self.num_classes = num_classes
+        super().__init__(name=name, in_chans=in_chans, num_classes=num_classes, head=head, dropout=dropout)
+        make_activation(activation)  # an unknown name fails before anything is built
+        if aux_heads and num_classes == 0:
+            raise ValueError(f"{name}: num_classes=0 (no classifier) leaves the auxiliary classifiers nothing to "
+                             "predict; pass aux_heads=False")  # fmt: skip
 
+        self.features, tap_channels = self._make_features(cfg, activation, reductions, batch_norm)
+        self.num_features = channels = tap_channels[f"inception{cfg.stages[-1][-1][0]}"]
+        self.aux_taps: dict[str, str] = {}  # Inception module name -> aux head attribute
+        for index, tap in enumerate(cfg.aux_taps if aux_heads else (), start=1):
+            pool: nn.Module = nn.AdaptiveAvgPool2d(4)
+            if cfg.aux_pool == "paper":
+                # Paper: 5x5/3 avg pool (14x14 -> 4x4 at 224); the adaptive pool is a no-op there and keeps fc1's
+                # 2048 inputs at any other input size.
+                pool = nn.Sequential(nn.AvgPool2d(5, stride=3), nn.AdaptiveAvgPool2d(4))
+            aux = InceptionAux(
+                tap_channels[tap], num_classes, pool=pool, conv_channels=cfg.aux_conv, hidden=cfg.aux_hidden,
+                batch_norm=batch_norm, activation=activation,
+            )  # fmt: skip
+            self.add_module(f"aux{index}", aux)
+            self.aux_taps[tap] = f"aux{index}"
+        self.has_aux = bool(self.aux_taps)
+        self.set_head(make_head(head, channels, num_classes, dropout=dropout, activation=activation,
+                                grid=cfg.fc_grid, hidden=cfg.fc_hidden))  # fmt: skip
+
+        init_weights(self, batch_norm=batch_norm)
+        self.min_size = self._min_size()
+        self.describe(image_size=cfg.image_size, stages=self._stages(cfg))
+
+    def _make_features(
+        self, cfg: GoogLeNetConfig, activation: str, reductions: bool, batch_norm: bool
+    ) -> tuple[nn.Sequential, dict[str, int]]:
+        """The stem and the Inception stages as one Sequential, and each Inception module's output channels."""
         conv = partial(ConvNormAct, norm=batch_norm, activation=activation, bn_eps=_BN_EPS)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        channels = in_chans
+        channels = self.in_chans
         for layer_name, *shape in cfg.stem:
             if layer_name.startswith("conv"):
                 out, kernel, stride = shape
@@ -320,86 +322,76 @@ class GoogLeNet(nn.Module):
                 )  # fmt: skip
                 layers[f"inception{row_name}"] = block
                 channels = tap_channels[f"inception{row_name}"] = block.out_channels
-        self.features = nn.Sequential(layers)
-        self.num_features = channels
-
-        self.aux_taps: dict[str, str] = {}  # Inception module name -> aux head attribute
-        for index, tap in enumerate(cfg.aux_taps if aux_heads else (), start=1):
-            aux_name = f"aux{index}"
-            pool: nn.Module = nn.AdaptiveAvgPool2d(4)
-            if cfg.aux_pool == "paper":
-                # Paper: 5x5/3 avg pool (14x14 -> 4x4 at 224); the adaptive pool is a no-op there and keeps fc1's
-                # 2048 inputs at any other input size.
-                pool = nn.Sequential(nn.AvgPool2d(5, stride=3), nn.AdaptiveAvgPool2d(4))
-            aux = InceptionAux(
-                tap_channels[tap], num_classes, pool=pool, conv_channels=cfg.aux_conv, hidden=cfg.aux_hidden,
-                batch_norm=batch_norm, activation=activation,
-            )  # fmt: skip
-            self.add_module(aux_name, aux)
-            self.aux_taps[tap] = aux_name
-
-        if head == "avgpool":
-            self.avgpool = nn.AdaptiveAvgPool2d(1)  # the paper's 7x7/1 average pool on a 224 input, at any size
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(channels, num_classes)
-        else:
-            self.avgpool = nn.AdaptiveAvgPool2d(cfg.fc_grid)  # the final map of the nominal input, at any size
-            self.dropout = nn.Identity()  # the tower holds its own dropout layers
-            self.fc = fc_tower(channels * cfg.fc_grid**2, cfg.fc_hidden, num_classes, dropout=dropout,
-                               activation=activation)  # fmt: skip
-
-        init_weights(self, batch_norm=batch_norm)
-        self.min_size = self._smallest_input()
+        return nn.Sequential(layers), tap_channels
 
     def classifiers(self) -> list[nn.Linear]:
         """The Linear layers that output class logits: the head's last and each aux head's ``fc2``."""
-        last = self.fc[-1] if isinstance(self.fc, nn.Sequential) else self.fc
-        return [last] + [getattr(self, aux).fc2 for aux in self.aux_taps.values()]
+        heads = [self.get_classifier()] + [aux.fc2 for aux in self.aux_heads()]
+        return [m for m in heads if isinstance(m, nn.Linear)]
 
-    def _smallest_input(self) -> int:
-        # The main path must leave a map of at least 1x1, and each aux pool must have a window to average.
-        def runs(size: int) -> bool:
-            side = size
-            for child_name, child in self.features.named_children():
-                side = _side_after(side, child.modules())
-                if child_name in self.aux_taps:
-                    aux_pool = getattr(self, self.aux_taps[child_name]).pool
-                    if _side_after(side, aux_pool.modules()) < 1:
-                        return False
-            return side >= 1
+    def aux_heads(self) -> list[InceptionAux]:
+        return [m for m in self.children() if isinstance(m, InceptionAux)]
 
-        return next(size for size in range(1, 4097) if runs(size))
+    def _upto(self, child: str) -> nn.Sequential:
+        return self.features[: list(self.features._modules).index(child) + 1]
 
-    def _run_features(self, x: Tensor, *, with_aux: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
-        # googlenet on (N, 3, 224, 224): stem -> (N, 192, 28, 28); 3b -> (N, 480, 28, 28); 4a (aux1 tap) ->
-        # (N, 512, 14, 14); 4d (aux2 tap) -> (N, 528, 14, 14); 4e -> (N, 832, 14, 14); 5b -> (N, 1024, 7, 7).
-        aux: list[Tensor] = []
-        for child_name, child in self.features.named_children():
-            x = child(x)
-            if with_aux and child_name in self.aux_taps:
-                aux.append(getattr(self, self.aux_taps[child_name])(x))
-        return x, tuple(aux)
+    def _min_size(self) -> int:
+        # The main path must leave a map of at least 1x1, and each aux pool must have a window to average. Inside an
+        # Inception module every branch keeps the size, so the windows of all its branches in turn do too.
+        sizes = [min_input_side(windows(self.features.modules()))]
+        for tap, aux in zip(self.aux_taps, self.aux_heads(), strict=True):
+            path = windows(self._upto(tap).modules()) + windows(aux.pool.modules())
+            sizes.append(min_input_side(path))
+        return max(sizes)
+
+    def _stages(self, cfg: GoogLeNetConfig) -> list[dict[str, Any]]:
+        info = []
+        for rows in cfg.stages:
+            name = f"inception{rows[-1][0]}"
+            channels = self.features.get_submodule(name).out_channels
+            path = windows(self._upto(name).modules())
+            info.append({"num_chs": channels, "reduction": reduction(path), "module": f"features.{name}"})
+        return info
+
+    def feature_blocks(self) -> list[tuple[str, nn.Module]]:
+        """Each stem layer, pool and Inception module: features.conv1, ..., features.inception5b."""
+        return [(f"features.{name}", m) for name, m in self.features.named_children()]
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self._run_features(x, with_aux=False)[0]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.feature_blocks(), x)
+        # googlenet on (N, 3, 224, 224): stem -> (N, 192, 28, 28); 3b -> (N, 480, 28, 28); 4e -> (N, 832, 14, 14);
+        # 5b -> (N, 1024, 7, 7).
+        x = self.features(x)
+        return x
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        x = self.avgpool(features)
-        x = torch.flatten(x, 1)
-        x = self.dropout(x)
-        return self.fc(x)
-
-    def forward(self, x: Tensor) -> ModelOutput:
+    def forward_with_aux(self, x: Tensor) -> ModelOutput:
+        """The logits and, in training mode with aux heads, the aux logits (4a's first; they read the maps of 4a and
+        4d: (N, 512, 14, 14) and (N, 528, 14, 14) at 224)."""
+        if not (self.training and self.has_aux):
+            return ModelOutput(self(x), ())
         check_input(x, in_chans=self.in_chans, min_size=self.min_size, model=self.name)
-        features, aux = self._run_features(x, with_aux=self.training and bool(self.aux_taps))
-        return ModelOutput(self.forward_head(features), aux)
+        aux = []
+        for name, block in self.features.named_children():
+            x = checkpoint_block(block, x) if self.grad_checkpointing else block(x)
+            if name in self.aux_taps:
+                aux.append(self.get_submodule(self.aux_taps[name])(x))
+        return ModelOutput(self.forward_head(x), tuple(aux))
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new class layer for the head and for each aux head (which need ``num_classes`` > 0)."""
+        if num_classes == 0 and self.has_aux:
+            raise ValueError(f"{self.name}: the auxiliary heads need classes; build it with aux_heads=False for 0")
+        super().reset_classifier(num_classes, global_pool)
+        for aux in self.aux_heads():
+            aux.fc2 = nn.Linear(aux.fc2.in_features, num_classes).to(aux.fc2.weight.device, aux.fc2.weight.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # private builder, config table
 
 
-def _googlenet(name: str, **options: object) -> GoogLeNet:
+def _googlenet(name: str, **options: Any) -> GoogLeNet:
     cfg = _CONFIGS[name]
     options.setdefault("batch_norm", cfg.batch_norm)
     return GoogLeNet(cfg, name=name, **options)
@@ -407,41 +399,19 @@ def _googlenet(name: str, **options: object) -> GoogLeNet:
 
 # Paper Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj) of every Inception module.
 _PAPER_STAGES: tuple[tuple[InceptionRow, ...], ...] = (
-    (
-        ("3a", 64, 96, 128, 16, 32, 32),
-        ("3b", 128, 128, 192, 32, 96, 64),
-    ),
-    (
-        ("4a", 192, 96, 208, 16, 48, 64),
-        ("4b", 160, 112, 224, 24, 64, 64),
-        ("4c", 128, 128, 256, 24, 64, 64),
-        ("4d", 112, 144, 288, 32, 64, 64),
-        ("4e", 256, 160, 320, 32, 128, 128),
-    ),
-    (
-        ("5a", 256, 160, 320, 32, 128, 128),
-        ("5b", 384, 192, 384, 48, 128, 128),
-    ),
-)
+    (("3a", 64, 96, 128, 16, 32, 32), ("3b", 128, 128, 192, 32, 96, 64)),
+    (("4a", 192, 96, 208, 16, 48, 64), ("4b", 160, 112, 224, 24, 64, 64), ("4c", 128, 128, 256, 24, 64, 64),
+     ("4d", 112, 144, 288, 32, 64, 64), ("4e", 256, 160, 320, 32, 128, 128)),
+    (("5a", 256, 160, 320, 32, 128, 128), ("5b", 384, 192, 384, 48, 128, 128)),
+)  # fmt: skip
 
 # The same table at a quarter of the width (every entry divides by 4), for 32x32 inputs.
 _CIFAR_STAGES: tuple[tuple[InceptionRow, ...], ...] = (
-    (
-        ("3a", 16, 24, 32, 4, 8, 8),
-        ("3b", 32, 32, 48, 8, 24, 16),
-    ),
-    (
-        ("4a", 48, 24, 52, 4, 12, 16),
-        ("4b", 40, 28, 56, 6, 16, 16),
-        ("4c", 32, 32, 64, 6, 16, 16),
-        ("4d", 28, 36, 72, 8, 16, 16),
-        ("4e", 64, 40, 80, 8, 32, 32),
-    ),
-    (
-        ("5a", 64, 40, 80, 8, 32, 32),
-        ("5b", 96, 48, 96, 12, 32, 32),
-    ),
-)
+    (("3a", 16, 24, 32, 4, 8, 8), ("3b", 32, 32, 48, 8, 24, 16)),
+    (("4a", 48, 24, 52, 4, 12, 16), ("4b", 40, 28, 56, 6, 16, 16), ("4c", 32, 32, 64, 6, 16, 16),
+     ("4d", 28, 36, 72, 8, 16, 16), ("4e", 64, 40, 80, 8, 32, 32)),
+    (("5a", 64, 40, 80, 8, 32, 32), ("5b", 96, 48, 96, 12, 32, 32)),
+)  # fmt: skip
 
 # Table 1's first rows: 7x7/2 conv, 3x3/2 max pool, LRN, 1x1 reduce and 3x3 conv, LRN, 3x3/2 max pool.
 _PAPER_STEM: tuple[StemLayer, ...] = (
@@ -454,18 +424,18 @@ _CONFIGS: dict[str, GoogLeNetConfig] = {
     "googlenet": GoogLeNetConfig(
         stem=_PAPER_STEM, stages=_PAPER_STAGES, stage_pools=(3, 3), branch3_kernel=5, batch_norm=False,
         aux_taps=("inception4a", "inception4d"), aux_pool="paper", aux_conv=128, aux_hidden=1024,
-        fc_hidden=4096, fc_grid=7,
+        fc_hidden=4096, fc_grid=7, image_size=224,
     ),
     # torchvision: 2x2/2 pool before stage 5 (same 7x7 map at 224), 3x3 "5x5" branch (pytorch/vision#906).
     "googlenet_bn": GoogLeNetConfig(
         stem=_TORCHVISION_STEM, stages=_PAPER_STAGES, stage_pools=(3, 2), branch3_kernel=3, batch_norm=True,
         aux_taps=("inception4a", "inception4d"), aux_pool="adaptive", aux_conv=128, aux_hidden=1024,
-        fc_hidden=4096, fc_grid=7,
+        fc_hidden=4096, fc_grid=7, image_size=224,
     ),
     "googlenet_cifar": GoogLeNetConfig(
         stem=_CIFAR_STEM, stages=_CIFAR_STAGES, stage_pools=(3, 3), branch3_kernel=5, batch_norm=True,
         aux_taps=("inception4a", "inception4d"), aux_pool="adaptive", aux_conv=32, aux_hidden=256,
-        fc_hidden=1024, fc_grid=8,
+        fc_hidden=1024, fc_grid=8, image_size=32,
     ),
 }  # fmt: skip
 
@@ -485,32 +455,38 @@ def from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     }
 
 
+OPTIONS: tuple[Option, ...] = (
+    Option("in_chans", int, 3, "input channels (1 for grayscale)", low=1),
+    Option("activation", str, "relu", "the non-linearity after every conv", choices=ACTIVATIONS),
+    Option("dropout", float, 0.4, "dropout before the classifier (inside the tower with head=fc)", low=0, high=1),
+    Option("aux_heads", bool, True, "the auxiliary classifiers on 4a and 4d (their loss weighs 0.3 in training)"),
+    Option("reductions", bool, True, "the 1x1 reductions before the 3x3 and 5x5 convs (false: the naive module)"),
+    Option("head", str, "avgpool", "global average pool + one Linear, or the AlexNet/VGG FC tower",
+           choices=HEAD_KINDS),
+    Option("batch_norm", bool, True, "batch norm after every conv (false: conv + bias + ReLU, as the paper)"),
+)  # fmt: skip
+PAPER_OPTIONS = without(OPTIONS, "batch_norm")  # googlenet and googlenet_bn: batch norm is what tells them apart
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # public builders
 
 
-@register_model(family="googlenet", depth=22, input_size=(3, 224, 224))
-def googlenet(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.4,
-    aux_heads: bool = True, reductions: bool = True, head: HeadKind = "avgpool",
-) -> GoogLeNet:  # fmt: skip
+@register_model(family="googlenet", depth=22, input_size=(3, 224, 224), options=PAPER_OPTIONS)
+def googlenet(**options: Any) -> GoogLeNet:
     """GoogLeNet as in the paper: LRN, true 5x5 branches, no BN, 7.0M parameters (Szegedy et al. 2014, Table 1)."""
-    return _googlenet("googlenet", **locals())
+    return _googlenet("googlenet", **options)
 
 
-@register_model(family="googlenet", depth=22, input_size=(3, 224, 224))
-def googlenet_bn(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.2,
-    aux_heads: bool = True, reductions: bool = True, head: HeadKind = "avgpool",
-) -> GoogLeNet:  # fmt: skip
+@register_model(family="googlenet", depth=22, input_size=(3, 224, 224),
+                options=with_defaults(PAPER_OPTIONS, dropout=0.2))  # fmt: skip
+def googlenet_bn(**options: Any) -> GoogLeNet:
     """GoogLeNet with batch norm, torchvision's layout (3x3 in the "5x5" branch), 6.6M parameters."""
-    return _googlenet("googlenet_bn", **locals())
+    return _googlenet("googlenet_bn", **options)
 
 
-@register_model(family="googlenet", depth=22, input_size=(3, 32, 32), num_classes=10)
-def googlenet_cifar(
-    *, num_classes: int = 10, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.4,
-    aux_heads: bool = False, reductions: bool = True, head: HeadKind = "avgpool", batch_norm: bool = True,
-) -> GoogLeNet:  # fmt: skip
+@register_model(family="googlenet", depth=22, input_size=(3, 32, 32), num_classes=10,
+                options=with_defaults(OPTIONS, aux_heads=False))  # fmt: skip
+def googlenet_cifar(**options: Any) -> GoogLeNet:
     """GoogLeNet for 32x32 images: one 3x3 stem, the Inception table at 1/4 width, 0.37M parameters."""
-    return _googlenet("googlenet_cifar", **locals())
+    return _googlenet("googlenet_cifar", **options)

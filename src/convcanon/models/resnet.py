@@ -13,20 +13,26 @@ https://catalog.ngc.nvidia.com/orgs/nvidia/resources/resnet_50_v1_5_for_pytorch)
 v1.5 is about 0.5% more accurate (top-1) and a little slower; parameter counts are the same.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Activation, HeadKind, check_dropout, check_input, fc_tower, make_activation
-from ..registry import register_model
-
-ShortcutKind = Literal["A", "B"]
+from ..layers import (
+    ACTIVATIONS,
+    HEAD_KINDS,
+    checkpoint_seq,
+    make_activation,
+    make_head,
+    min_input_side,
+    reduction,
+    windows,
+)
+from ..registry import Option, register_model, without
+from .base import CanonModel
 
 _FC_HIDDEN = 4096  # hidden width of the AlexNet/VGG tower used by head="fc"
 
@@ -69,7 +75,7 @@ class ShortcutA(nn.Module):
 
 
 def make_shortcut(
-    in_channels: int, out_channels: int, stride: int, *, kind: ShortcutKind = "B", batch_norm: bool = True
+    in_channels: int, out_channels: int, stride: int, *, kind: str = "B", batch_norm: bool = True
 ) -> nn.Module:
     """Identity where shapes agree; otherwise option A (ShortcutA) or option B (projection: 1x1 conv + BN)."""
     if stride == 1 and in_channels == out_channels:
@@ -80,7 +86,7 @@ def make_shortcut(
         # Indices 0/1 match torchvision's downsample Sequential, so keys map by renaming only.
         conv = nn.Conv2d(in_channels, out_channels, 1, stride, bias=not batch_norm)
         return nn.Sequential(conv, norm_or_identity(out_channels, batch_norm))
-    raise ValueError(f"shortcut must be 'A' (zero-padding) or 'B' (projection), got {kind!r}")
+    raise ValueError(f"shortcut must be one of A, B (zero-padding or projection); got {kind!r}")
 
 
 def init_weights(model: nn.Module, *, activation: str, zero_init_residual: bool) -> None:
@@ -94,7 +100,7 @@ def init_weights(model: nn.Module, *, activation: str, zero_init_residual: bool)
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=activation)
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=activation)  # type: ignore[arg-type]
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
@@ -102,31 +108,31 @@ def init_weights(model: nn.Module, *, activation: str, zero_init_residual: bool)
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in model.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_(m.last_bn().weight)
+            last_bn = m.last_bn() if isinstance(m, (BasicBlock, Bottleneck)) else None
+            if isinstance(last_bn, nn.BatchNorm2d):
+                nn.init.zeros_(last_bn.weight)
 
 
-def smallest_input(model: nn.Module) -> int:
-    """The smallest square input the network runs on, found by trying (eval mode, no grad, state untouched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for size in range(1, 1025):
-                x = torch.zeros(1, model.in_chans, size, size)
-                try:
-                    model.forward_head(model.forward_features(x))
-                except RuntimeError:
-                    continue
-                return size
-    finally:
-        model.train(was_training)
-    raise RuntimeError(f"{type(model).__name__} runs on no input up to 1024x1024")
-
-
-def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def residual_blocks(model: nn.Module) -> list[tuple[str, "BasicBlock | Bottleneck"]]:
     """(name, block) of every residual block in forward order, e.g. ('layer1.0', BasicBlock(...))."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
+
+
+def residual_min_size(stem: Sequence[nn.Module], blocks: Sequence[tuple[str, "BasicBlock | Bottleneck"]]) -> int:
+    """The smallest input side: the stem's windows, then each block's residual branch (its shortcut gives the same
+    size by construction)."""
+    path = windows(stem) + [w for _, b in blocks for w in windows(b.main_path())]
+    return min_input_side(path)
+
+
+def stage_info(stem: Sequence[nn.Module], stages: Sequence[tuple[str, nn.Sequential]]) -> list[dict[str, Any]]:
+    """feature_info of a residual net: each stage's output channels and reduction (the product of the strides)."""
+    path, info = windows(stem), []
+    for name, stage in stages:
+        blocks = [b for _, b in residual_blocks(stage)]
+        path += [w for b in blocks for w in windows(b.main_path())]
+        info.append({"num_chs": blocks[-1].out_planes, "reduction": reduction(path), "module": name})
+    return info
 
 
 def check_residual_switches(*, batch_norm: bool, residual: bool, zero_init_residual: bool) -> None:
@@ -150,6 +156,8 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations and has no Module type
+        shortcut: nn.Module | None
 
     def __init__(
         self,
@@ -160,10 +168,10 @@ class BasicBlock(nn.Module):
         activation: str = "relu",
         batch_norm: bool = True,
         residual: bool = True,
-        shortcut: ShortcutKind = "B",
+        shortcut: str = "B",
     ) -> None:
         super().__init__()
-        out_planes = planes * self.expansion
+        self.out_planes = out_planes = planes * self.expansion
         self.conv1 = same_conv(in_planes, planes, 3, stride, bias=not batch_norm)
         self.bn1 = norm_or_identity(planes, batch_norm)
         self.conv2 = same_conv(planes, out_planes, 3, bias=not batch_norm)
@@ -175,15 +183,20 @@ class BasicBlock(nn.Module):
     def last_bn(self) -> nn.Module:
         return self.bn2
 
+    def main_path(self) -> list[nn.Module]:
+        """The convolutions of the residual branch, in order."""
+        return [self.conv1, self.conv2]
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(x)
+        out: Tensor = self.conv1(x)
         out = self.bn1(out)
         out = self.act(out)
         out = self.conv2(out)
         out = self.bn2(out)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
-        return self.act(out)
+        out = self.act(out)
+        return out
 
 
 class Bottleneck(nn.Module):
@@ -193,6 +206,8 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    if TYPE_CHECKING:
+        shortcut: nn.Module | None
 
     def __init__(
         self,
@@ -203,10 +218,10 @@ class Bottleneck(nn.Module):
         activation: str = "relu",
         batch_norm: bool = True,
         residual: bool = True,
-        shortcut: ShortcutKind = "B",
+        shortcut: str = "B",
     ) -> None:
         super().__init__()
-        out_planes = planes * self.expansion
+        self.out_planes = out_planes = planes * self.expansion
         self.conv1 = same_conv(in_planes, planes, 1, bias=not batch_norm)
         self.bn1 = norm_or_identity(planes, batch_norm)
         self.conv2 = same_conv(planes, planes, 3, stride, bias=not batch_norm)
@@ -220,8 +235,12 @@ class Bottleneck(nn.Module):
     def last_bn(self) -> nn.Module:
         return self.bn3
 
+    def main_path(self) -> list[nn.Module]:
+        """The convolutions of the residual branch, in order."""
+        return [self.conv1, self.conv2, self.conv3]
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(x)
+        out: Tensor = self.conv1(x)
         out = self.bn1(out)
         out = self.act(out)
         out = self.conv2(out)
@@ -231,11 +250,12 @@ class Bottleneck(nn.Module):
         out = self.bn3(out)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
-        return self.act(out)
+        out = self.act(out)
+        return out
 
 
 def make_stage(
-    block: type[BasicBlock | Bottleneck], in_planes: int, planes: int, num_blocks: int, stride: int, **switches: object
+    block: type[BasicBlock | Bottleneck], in_planes: int, planes: int, num_blocks: int, stride: int, **switches: Any
 ) -> nn.Sequential:
     """``num_blocks`` blocks; the first one changes resolution (``stride``) and width, the others keep them."""
     out_planes = planes * block.expansion
@@ -248,7 +268,7 @@ def make_stage(
 # network
 
 
-class ResNet(nn.Module):
+class ResNet(CanonModel):
     """The ImageNet ResNet: 7x7 stem, max pool, four stages (strides 1, 2, 2, 2), then the head.
 
     ``head="avgpool"`` is the paper's global average pool and one Linear; ``head="fc"`` replaces it with the
@@ -265,23 +285,18 @@ class ResNet(nn.Module):
         name: str = "resnet",
         num_classes: int = 1000,
         in_chans: int = 3,
-        activation: Activation = "relu",
+        activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = True,
         residual: bool = True,
-        head: HeadKind = "avgpool",
+        head: str = "avgpool",
         zero_init_residual: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name, in_chans=in_chans, num_classes=num_classes, head=head, dropout=dropout)
         check_residual_switches(batch_norm=batch_norm, residual=residual, zero_init_residual=zero_init_residual)
-        dropout = check_dropout(dropout)
-        if head not in ("avgpool", "fc"):
-            raise ValueError(f"head must be 'avgpool' (global average pool) or 'fc' (FC tower), got {head!r}")
         if len(stage_blocks) != len(_STAGES):
             raise ValueError(f"stage_blocks needs {len(_STAGES)} entries (layer1..layer4), got {list(stage_blocks)}")
-        self.name = name
-        self.in_chans = in_chans
-        self.num_classes = num_classes
+        make_activation(activation)  # an unknown name fails before anything is built
 
         self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=not batch_norm)
         self.bn1 = norm_or_identity(64, batch_norm)
@@ -294,24 +309,22 @@ class ResNet(nn.Module):
             in_planes = planes * block.expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_features = in_planes
-
-        if head == "avgpool":
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(in_planes, num_classes)
-        else:
-            self.avgpool = nn.AdaptiveAvgPool2d(7)  # the 7x7 map a 224 input gives, for any input size
-            self.dropout = nn.Identity()  # the tower holds its own dropout layers
-            self.fc = fc_tower(in_planes * 7 * 7, _FC_HIDDEN, num_classes, dropout=dropout, activation=activation)
+        self.set_head(make_head(head, in_planes, num_classes, dropout=dropout, activation=activation, grid=7,
+                                hidden=_FC_HIDDEN))  # fmt: skip
 
         init_weights(self, activation=activation, zero_init_residual=zero_init_residual)
-        self.min_size = smallest_input(self)
+        stem = [self.conv1, self.maxpool]
+        self.min_size = residual_min_size(stem, residual_blocks(self))
+        named_stages = [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, 5)]
+        self.describe(image_size=224, stages=stage_info(stem, named_stages))
 
-    def blocks(self) -> list[tuple[str, nn.Module]]:
-        """(name, block) of every residual block in forward order: layer1.0, layer1.1, ..., layer4.2."""
-        return residual_blocks(self)
+    def feature_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The stem (conv1, bn1, act, maxpool), then every residual block: layer1.0, ..., layer4.2."""
+        return [("stem", nn.Sequential(self.conv1, self.bn1, self.act, self.maxpool)), *residual_blocks(self)]
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.feature_blocks(), x)
         x = self.conv1(x)  # (N, 64, H/2, W/2)
         x = self.bn1(x)
         x = self.act(x)
@@ -319,24 +332,15 @@ class ResNet(nn.Module):
         x = self.layer1(x)  # (N, 64e, H/4, W/4), e = block.expansion
         x = self.layer2(x)  # (N, 128e, H/8, W/8)
         x = self.layer3(x)  # (N, 256e, H/16, W/16)
-        return self.layer4(x)  # (N, 512e, H/32, W/32)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        x = self.avgpool(features)
-        x = torch.flatten(x, 1)
-        x = self.dropout(x)
-        return self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(x, in_chans=self.in_chans, min_size=self.min_size, model=self.name)
-        return self.forward_head(self.forward_features(x))
+        x = self.layer4(x)  # (N, 512e, H/32, W/32)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # private builder, config table
 
 
-def _resnet(name: str, **options: object) -> ResNet:
+def _resnet(name: str, **options: Any) -> ResNet:
     block, stage_blocks, residual = _CONFIGS[name]
     options.setdefault("residual", residual)
     return ResNet(block, stage_blocks, name=name, **options)
@@ -355,6 +359,19 @@ _CONFIGS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...], bool]]
     "plain34": (BasicBlock, (3, 4, 6, 3), False),
 }
 
+# The options of every residual net (the CIFAR ones add width and shortcut); plain nets have no residual switches.
+OPTIONS: tuple[Option, ...] = (
+    Option("in_chans", int, 3, "input channels (1 for grayscale)", low=1),
+    Option("activation", str, "relu", "the non-linearity after every conv", choices=ACTIVATIONS),
+    Option("dropout", float, 0.0, "dropout before the classifier (inside the tower with head=fc)", low=0, high=1),
+    Option("batch_norm", bool, True, "batch norm after every conv"),
+    Option("residual", bool, True, "the + x shortcuts (false: the paper's plain net)"),
+    Option("head", str, "avgpool", "global average pool + one Linear, or the AlexNet/VGG FC tower",
+           choices=HEAD_KINDS),
+    Option("zero_init_residual", bool, False, "start every block as the identity (Goyal et al. 2017)"),
+)  # fmt: skip
+PLAIN_OPTIONS = without(OPTIONS, "residual", "zero_init_residual")
+
 _TORCHVISION_TWINS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 TORCHVISION_NAMES: dict[str, str] = {name: name for name in _TORCHVISION_TWINS}
 
@@ -366,67 +383,45 @@ def from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # public builders
-# Every residual builder takes the same options; the builder body forwards exactly its own parameters.
 
 
-@register_model(family="resnet", depth=18, input_size=(3, 224, 224))
-def resnet18(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, residual: bool = True, head: HeadKind = "avgpool", zero_init_residual: bool = False,
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=18, input_size=(3, 224, 224), options=OPTIONS)
+def resnet18(**options: Any) -> ResNet:
     """ResNet-18: basic blocks 2-2-2-2, 11.7M parameters (He et al. 2015, Table 1)."""
-    return _resnet("resnet18", **locals())
+    return _resnet("resnet18", **options)
 
 
-@register_model(family="resnet", depth=34, input_size=(3, 224, 224))
-def resnet34(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, residual: bool = True, head: HeadKind = "avgpool", zero_init_residual: bool = False,
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=34, input_size=(3, 224, 224), options=OPTIONS)
+def resnet34(**options: Any) -> ResNet:
     """ResNet-34: basic blocks 3-4-6-3, 21.8M parameters (He et al. 2015, Table 1)."""
-    return _resnet("resnet34", **locals())
+    return _resnet("resnet34", **options)
 
 
-@register_model(family="resnet", depth=50, input_size=(3, 224, 224))
-def resnet50(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, residual: bool = True, head: HeadKind = "avgpool", zero_init_residual: bool = False,
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=50, input_size=(3, 224, 224), options=OPTIONS)
+def resnet50(**options: Any) -> ResNet:
     """ResNet-50 (v1.5): bottleneck blocks 3-4-6-3, 25.6M parameters (He et al. 2015, Table 1)."""
-    return _resnet("resnet50", **locals())
+    return _resnet("resnet50", **options)
 
 
-@register_model(family="resnet", depth=101, input_size=(3, 224, 224))
-def resnet101(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, residual: bool = True, head: HeadKind = "avgpool", zero_init_residual: bool = False,
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=101, input_size=(3, 224, 224), options=OPTIONS)
+def resnet101(**options: Any) -> ResNet:
     """ResNet-101 (v1.5): bottleneck blocks 3-4-23-3, 44.5M parameters (He et al. 2015, Table 1)."""
-    return _resnet("resnet101", **locals())
+    return _resnet("resnet101", **options)
 
 
-@register_model(family="resnet", depth=152, input_size=(3, 224, 224))
-def resnet152(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, residual: bool = True, head: HeadKind = "avgpool", zero_init_residual: bool = False,
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=152, input_size=(3, 224, 224), options=OPTIONS)
+def resnet152(**options: Any) -> ResNet:
     """ResNet-152 (v1.5): bottleneck blocks 3-8-36-3, 60.2M parameters (He et al. 2015, Table 1)."""
-    return _resnet("resnet152", **locals())
+    return _resnet("resnet152", **options)
 
 
-@register_model(family="resnet", depth=18, input_size=(3, 224, 224))
-def plain18(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, head: HeadKind = "avgpool",
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=18, input_size=(3, 224, 224), options=PLAIN_OPTIONS)
+def plain18(**options: Any) -> ResNet:
     """Plain-18: ResNet-18 without shortcuts, the paper's plain baseline (He et al. 2015, Sec. 4.1)."""
-    return _resnet("plain18", **locals())
+    return _resnet("plain18", **options)
 
 
-@register_model(family="resnet", depth=34, input_size=(3, 224, 224))
-def plain34(
-    *, num_classes: int = 1000, in_chans: int = 3, activation: Activation = "relu", dropout: float = 0.0,
-    batch_norm: bool = True, head: HeadKind = "avgpool",
-) -> ResNet:  # fmt: skip
+@register_model(family="resnet", depth=34, input_size=(3, 224, 224), options=PLAIN_OPTIONS)
+def plain34(**options: Any) -> ResNet:
     """Plain-34: ResNet-34 without shortcuts; trains worse than plain-18 (He et al. 2015, Fig. 4 left)."""
-    return _resnet("plain34", **locals())
+    return _resnet("plain34", **options)

@@ -10,30 +10,32 @@ Blocks are named ``stage1.0`` .. ``stage3.{n-1}``; ``blocks()`` lists them in fo
 such as gradient norms.
 """
 
-from __future__ import annotations
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import Activation, check_dropout, check_input, make_activation
-from ..registry import register_model
+from ..layers import checkpoint_seq, make_activation, make_head
+from ..registry import Option, register_model, without
+from .base import CanonModel
+from .resnet import OPTIONS as RESNET_OPTIONS
 from .resnet import (
     BasicBlock,
-    ShortcutKind,
     check_residual_switches,
     init_weights,
     make_stage,
     norm_or_identity,
     residual_blocks,
+    residual_min_size,
     same_conv,
-    smallest_input,
+    stage_info,
 )
 
 # --------------------------------------------------------------------------------------------------------------------
 # network (blocks: resnet.BasicBlock with shortcut="A", resnet.ShortcutA)
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(CanonModel):
     """3x3 stem, three stages of ``n`` basic blocks (widths w, 2w, 4w; strides 1, 2, 2), average pool, Linear.
 
     ``shortcut="B"`` uses 1x1 projections (with BN) where the width doubles instead of zero-padding, which adds
@@ -49,23 +51,20 @@ class ResNetCifar(nn.Module):
         num_classes: int = 10,
         in_chans: int = 3,
         width: int = 16,
-        activation: Activation = "relu",
+        activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = True,
         residual: bool = True,
-        shortcut: ShortcutKind = "A",
+        shortcut: str = "A",
         zero_init_residual: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name, in_chans=in_chans, num_classes=num_classes, head="avgpool", dropout=dropout)
         check_residual_switches(batch_norm=batch_norm, residual=residual, zero_init_residual=zero_init_residual)
-        dropout = check_dropout(dropout)
         if n < 1 or width < 1:
             raise ValueError(f"blocks per stage n and width must be >= 1, got n={n}, width={width}")
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' (zero-padding) or 'B' (projection), got {shortcut!r}")
-        self.name = name
-        self.in_chans = in_chans
-        self.num_classes = num_classes
+            raise ValueError(f"shortcut must be one of A, B (zero-padding or projection); got {shortcut!r}")
+        make_activation(activation)  # an unknown name fails before anything is built
 
         self.conv1 = same_conv(in_chans, width, 3, bias=not batch_norm)
         self.bn1 = norm_or_identity(width, batch_norm)
@@ -75,43 +74,35 @@ class ResNetCifar(nn.Module):
         self.stage2 = make_stage(BasicBlock, width, 2 * width, n, 2, **switches)
         self.stage3 = make_stage(BasicBlock, 2 * width, 4 * width, n, 2, **switches)
         self.num_features = 4 * width
-
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(4 * width, num_classes)
+        self.set_head(make_head("avgpool", 4 * width, num_classes, dropout=dropout))
 
         # The paper uses the init of He et al. 2015 ("Delving deep", its [13]) with BN; see resnet.init_weights.
         init_weights(self, activation=activation, zero_init_residual=zero_init_residual)
-        self.min_size = smallest_input(self)
+        self.min_size = residual_min_size([self.conv1], residual_blocks(self))
+        stages = [(f"stage{i}", getattr(self, f"stage{i}")) for i in range(1, 4)]
+        self.describe(image_size=32, stages=stage_info([self.conv1], stages))
 
-    def blocks(self) -> list[tuple[str, nn.Module]]:
-        """(name, block) of every residual block in forward order: stage1.0, ..., stage3.{n-1}."""
-        return residual_blocks(self)
+    def feature_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The stem (conv1, bn1, act), then every residual block: stage1.0, ..., stage3.{n-1}."""
+        return [("stem", nn.Sequential(self.conv1, self.bn1, self.act)), *residual_blocks(self)]
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.feature_blocks(), x)
         x = self.conv1(x)  # (N, w, H, W)
         x = self.bn1(x)
         x = self.act(x)
         x = self.stage1(x)  # (N, w, H, W)
         x = self.stage2(x)  # (N, 2w, H/2, W/2)
-        return self.stage3(x)  # (N, 4w, H/4, W/4)
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        x = self.avgpool(features)
-        x = torch.flatten(x, 1)
-        x = self.dropout(x)
-        return self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(x, in_chans=self.in_chans, min_size=self.min_size, model=self.name)
-        return self.forward_head(self.forward_features(x))
+        x = self.stage3(x)  # (N, 4w, H/4, W/4)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # private builder, config table
 
 
-def _resnet_cifar(name: str, **options: object) -> ResNetCifar:
+def _resnet_cifar(name: str, **options: Any) -> ResNetCifar:
     n, residual = _CONFIGS[name]
     options.setdefault("residual", residual)
     return ResNetCifar(n, name=name, **options)
@@ -123,102 +114,81 @@ _CONFIGS: dict[str, tuple[int, bool]] = {
     **{f"plain{6 * n + 2}": (n, False) for n in (3, 5, 7, 9, 18)},
 }
 
+# The ImageNet ResNets' options, with the stem's width and the shortcut kind, without the head switch.
+_SHARED = {o.name: o for o in RESNET_OPTIONS}
+OPTIONS: tuple[Option, ...] = (
+    _SHARED["in_chans"],
+    Option("width", int, 16, "channels of the first stage (the paper: 16-32-64)", low=1),
+    _SHARED["activation"],
+    Option("dropout", float, 0.0, "dropout before the classifier", low=0, high=1),
+    _SHARED["batch_norm"],
+    _SHARED["residual"],
+    Option("shortcut", str, "A", "where the width doubles: zero-padding (A, no parameters) or 1x1 projections (B)",
+           choices=("A", "B")),
+    _SHARED["zero_init_residual"],
+)  # fmt: skip
+PLAIN_OPTIONS = without(OPTIONS, "residual", "shortcut", "zero_init_residual")
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # public builders
-# Every residual builder takes the same options; the builder body forwards exactly its own parameters.
 
 
-@register_model(family="resnet_cifar", depth=20, input_size=(3, 32, 32), num_classes=10)
-def resnet20(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True, residual: bool = True, shortcut: ShortcutKind = "A",
-    zero_init_residual: bool = False,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=20, input_size=(3, 32, 32), num_classes=10, options=OPTIONS)
+def resnet20(**options: Any) -> ResNetCifar:
     """ResNet-20 for CIFAR: 3x3 blocks at 16-32-64 channels, 0.27M parameters (He et al. 2015, Sec. 4.2)."""
-    return _resnet_cifar("resnet20", **locals())
+    return _resnet_cifar("resnet20", **options)
 
 
-@register_model(family="resnet_cifar", depth=32, input_size=(3, 32, 32), num_classes=10)
-def resnet32(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True, residual: bool = True, shortcut: ShortcutKind = "A",
-    zero_init_residual: bool = False,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=32, input_size=(3, 32, 32), num_classes=10, options=OPTIONS)
+def resnet32(**options: Any) -> ResNetCifar:
     """ResNet-32 for CIFAR: 5 blocks per stage, 0.46M parameters (He et al. 2015, Sec. 4.2)."""
-    return _resnet_cifar("resnet32", **locals())
+    return _resnet_cifar("resnet32", **options)
 
 
-@register_model(family="resnet_cifar", depth=44, input_size=(3, 32, 32), num_classes=10)
-def resnet44(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True, residual: bool = True, shortcut: ShortcutKind = "A",
-    zero_init_residual: bool = False,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=44, input_size=(3, 32, 32), num_classes=10, options=OPTIONS)
+def resnet44(**options: Any) -> ResNetCifar:
     """ResNet-44 for CIFAR: 7 blocks per stage, 0.66M parameters (He et al. 2015, Sec. 4.2)."""
-    return _resnet_cifar("resnet44", **locals())
+    return _resnet_cifar("resnet44", **options)
 
 
-@register_model(family="resnet_cifar", depth=56, input_size=(3, 32, 32), num_classes=10)
-def resnet56(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True, residual: bool = True, shortcut: ShortcutKind = "A",
-    zero_init_residual: bool = False,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=56, input_size=(3, 32, 32), num_classes=10, options=OPTIONS)
+def resnet56(**options: Any) -> ResNetCifar:
     """ResNet-56 for CIFAR: 9 blocks per stage, 0.85M parameters (He et al. 2015, Sec. 4.2)."""
-    return _resnet_cifar("resnet56", **locals())
+    return _resnet_cifar("resnet56", **options)
 
 
-@register_model(family="resnet_cifar", depth=110, input_size=(3, 32, 32), num_classes=10)
-def resnet110(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True, residual: bool = True, shortcut: ShortcutKind = "A",
-    zero_init_residual: bool = False,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=110, input_size=(3, 32, 32), num_classes=10, options=OPTIONS)
+def resnet110(**options: Any) -> ResNetCifar:
     """ResNet-110 for CIFAR: 18 blocks per stage, 1.7M parameters (He et al. 2015, Sec. 4.2)."""
-    return _resnet_cifar("resnet110", **locals())
+    return _resnet_cifar("resnet110", **options)
 
 
-@register_model(family="resnet_cifar", depth=20, input_size=(3, 32, 32), num_classes=10)
-def plain20(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=20, input_size=(3, 32, 32), num_classes=10, options=PLAIN_OPTIONS)
+def plain20(**options: Any) -> ResNetCifar:
     """Plain-20 for CIFAR: ResNet-20 without shortcuts, same parameters (He et al. 2015, Fig. 6 left)."""
-    return _resnet_cifar("plain20", **locals())
+    return _resnet_cifar("plain20", **options)
 
 
-@register_model(family="resnet_cifar", depth=32, input_size=(3, 32, 32), num_classes=10)
-def plain32(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=32, input_size=(3, 32, 32), num_classes=10, options=PLAIN_OPTIONS)
+def plain32(**options: Any) -> ResNetCifar:
     """Plain-32 for CIFAR: ResNet-32 without shortcuts, same parameters (He et al. 2015, Fig. 6 left)."""
-    return _resnet_cifar("plain32", **locals())
+    return _resnet_cifar("plain32", **options)
 
 
-@register_model(family="resnet_cifar", depth=44, input_size=(3, 32, 32), num_classes=10)
-def plain44(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=44, input_size=(3, 32, 32), num_classes=10, options=PLAIN_OPTIONS)
+def plain44(**options: Any) -> ResNetCifar:
     """Plain-44 for CIFAR: ResNet-44 without shortcuts, same parameters (He et al. 2015, Fig. 6 left)."""
-    return _resnet_cifar("plain44", **locals())
+    return _resnet_cifar("plain44", **options)
 
 
-@register_model(family="resnet_cifar", depth=56, input_size=(3, 32, 32), num_classes=10)
-def plain56(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=56, input_size=(3, 32, 32), num_classes=10, options=PLAIN_OPTIONS)
+def plain56(**options: Any) -> ResNetCifar:
     """Plain-56 for CIFAR: trains worse than Plain-20, the degradation problem (He et al. 2015, Fig. 6 left)."""
-    return _resnet_cifar("plain56", **locals())
+    return _resnet_cifar("plain56", **options)
 
 
-@register_model(family="resnet_cifar", depth=110, input_size=(3, 32, 32), num_classes=10)
-def plain110(
-    *, num_classes: int = 10, in_chans: int = 3, width: int = 16, activation: Activation = "relu",
-    dropout: float = 0.0, batch_norm: bool = True,
-) -> ResNetCifar:  # fmt: skip
+@register_model(family="resnet_cifar", depth=110, input_size=(3, 32, 32), num_classes=10, options=PLAIN_OPTIONS)
+def plain110(**options: Any) -> ResNetCifar:
     """Plain-110 for CIFAR: ResNet-110 without shortcuts, same parameters (not in the paper; for the depth sweep)."""
-    return _resnet_cifar("plain110", **locals())
+    return _resnet_cifar("plain110", **options)

@@ -19,7 +19,7 @@ def torchvision_name(name: str) -> str | None:
     """The torchvision builder that has the same architecture as our model ``name``, or None."""
     for family in _FAMILIES:
         if name in family.TORCHVISION_NAMES:
-            return family.TORCHVISION_NAMES[name]
+            return str(family.TORCHVISION_NAMES[name])
     return None
 
 

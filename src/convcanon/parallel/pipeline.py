@@ -22,6 +22,7 @@ model's state dict, so ``convcanon eval`` and ``model.safetensors`` need no pipe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..layers import check_input
+from ..layers import check_input, checkpoint_seq
 from ..train.optim import build_optimizer
 from ..train.reproducibility import capture_rng_state
 from ..train.step import TrainStep
@@ -57,21 +58,23 @@ class StageModule(nn.Sequential):
     def __init__(self, layers: list[Layer], autocast=None, memory_format=torch.contiguous_format) -> None:
         super().__init__(*[layer.module for layer in layers])
         self._names = [layer.name for layer in layers]
+        self.grad_checkpointing = False
         self._autocast = autocast
         self._memory_format = memory_format
 
-    def blocks(self) -> list[tuple[str, nn.Module]]:
-        """The residual blocks among this stage's layers (for --activation-checkpointing, as ``ResNet.blocks``)."""
-        return [(name, m) for name, m in zip(self._names, self) if not isinstance(m, nn.Sequential)]
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each of this stage's layers in backward (--activation-checkpointing, as the model's own)."""
+        self.grad_checkpointing = enable
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
             x = x.contiguous(memory_format=self._memory_format)
+        run = functools.partial(checkpoint_seq, self) if self.grad_checkpointing else super().forward
         if self._autocast is None:
-            y = super().forward(x)
+            y = run(x)
         else:
             with self._autocast():
-                y = super().forward(x)
+                y = run(x)
         return y.float().contiguous()
 
 

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-PIPELINE_FAMILIES = ("resnet", "resnet_cifar", "vgg", "alexnet")
 
 class Layer(NamedTuple):
     name: str  # where it starts in the model, e.g. "stem", "stage2.1", "features.conv3", "classifier.1"
@@ -29,54 +28,21 @@ class Layer(NamedTuple):
 # Flattening a model into layers
 
 
-def _weighted(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Conv2d, nn.Linear))
-
-
-def _group(prefix: str, seq: nn.Sequential) -> list[tuple[str, list[nn.Module]]]:
-    """Children of ``seq`` grouped so that each group starts at a conv or linear layer (what follows it, e.g. norm,
-    activation, pool, dropout, stays with it; anything before the first one joins the first group)."""
-    groups: list[tuple[str, list[nn.Module]]] = []
-    for name, child in seq.named_children():
-        if not groups or (_weighted(child) and any(_weighted(m) for m in groups[-1][1])):
-            groups.append((f"{prefix}.{name}", [child]))
-        else:
-            groups[-1][1].append(child)
-    return groups
-
-
-def _head(prefix: list[nn.Module], classifier: nn.Module, name: str) -> list[Layer]:
-    """The pooling (and flatten) of a head joined to its classifier's first layer; a tower split per Linear."""
-    if isinstance(classifier, nn.Sequential) and sum(_weighted(m) for m in classifier) > 1:
-        groups = _group(name, classifier)
-        groups[0] = (groups[0][0], [*prefix, *groups[0][1]])
-        return [Layer(n, nn.Sequential(*mods)) for n, mods in groups]
-    return [Layer(name, nn.Sequential(*prefix, classifier))]
-
-
 def pipeline_layers(model: nn.Module) -> list[Layer]:
-    """``model`` as an ordered list of layers whose composition is ``model.forward`` (without its input check).
+    """``model`` as an ordered list of layers whose composition is ``model.forward`` (without its input check): the
+    model contract's ``blocks()``, which hold the model's own modules (no parameter is copied).
 
-    The layers hold the model's own modules: no parameter is copied. Raises ValueError for a family it does not know
-    (GoogLeNet: its auxiliary heads branch off in the middle, which a linear pipeline cannot carry).
+    Raises ValueError for a model without ``blocks()`` and for one with auxiliary heads (``has_aux``: GoogLeNet's
+    branch off mid-network in training, which a linear pipeline cannot carry).
     """
-    from ..models.alexnet import AlexNet
-    from ..models.resnet import ResNet
-    from ..models.resnet_cifar import ResNetCifar
-    from ..models.vgg import VGG
-
-    if isinstance(model, (ResNet, ResNetCifar)):
-        stem = [model.conv1, model.bn1, model.act] + ([model.maxpool] if isinstance(model, ResNet) else [])
-        layers = [Layer("stem", nn.Sequential(*stem))]
-        layers += [Layer(name, block) for name, block in model.blocks()]
-        return layers + _head([model.avgpool, nn.Flatten(1), model.dropout], model.fc, "fc")
-    if isinstance(model, (VGG, AlexNet)):
-        layers = [Layer(n, nn.Sequential(*mods)) for n, mods in _group("features", model.features)]
-        return layers + _head([model.avgpool, nn.Flatten(1)], model.classifier, "classifier")
     name = getattr(model, "name", type(model).__name__)
-    raise ValueError(f"pipeline parallelism supports the {', '.join(PIPELINE_FAMILIES)} families; {name} is not one "
-                     "of them (GoogLeNet's auxiliary heads branch off mid-network, which a linear pipeline cannot "
-                     "carry): train it data-parallel instead")
+    if not callable(getattr(model, "blocks", None)):
+        raise ValueError(f"pipeline parallelism splits a model's blocks(); {name} has none (every model of the zoo "
+                         "has)")
+    if getattr(model, "has_aux", False):
+        raise ValueError(f"{name} has auxiliary heads, which branch off mid-network in training and a linear "
+                         "pipeline cannot carry: pass --model-option aux_heads=false, or train it data-parallel")
+    return [Layer(block_name, block) for block_name, block in model.blocks()]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,6 +173,6 @@ def stage_bounds(split: list[int], stage: int) -> tuple[int, int]:
 
 
 __all__ = [
-    "Layer", "PIPELINE_FAMILIES", "balance", "describe_split", "layer_costs", "layer_shapes", "pipeline_layers",
+    "Layer", "balance", "describe_split", "layer_costs", "layer_shapes", "pipeline_layers",
     "resolve_split", "stage_bounds",
 ]

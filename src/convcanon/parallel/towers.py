@@ -88,14 +88,11 @@ class TwoTowerAlexNet(nn.Module):
         self.name, self.in_chans, self.min_size, self.num_classes = model.name, model.in_chans, model.min_size, \
             model.num_classes
         self.steps: list[tuple[str, bool, nn.Module, nn.Module]] = []
-        self._sources: dict[str, str] = {}  # our piece prefix -> the model's module name
-        for name, m in model.features.named_children():
-            self._add(f"features.{name}", m, exchange=isinstance(m, nn.Conv2d) and f"features.{name}" not in
-                      model.split_layers)
-        self._add("avgpool", model.avgpool, exchange=False)
-        self._add("flatten", nn.Flatten(1), exchange=False)
-        for name, m in model.classifier.named_children():
-            self._add(f"classifier.{name}", m, exchange=isinstance(m, nn.Linear))
+        names = {id(m): n for n, m in model.named_modules()}
+        for _, block in model.blocks():  # the model's own layers in forward order, the head's flatten included
+            for m in ([block] if id(block) in names else block.children()):
+                name = names.get(id(m), "flatten")
+                self._add(name, m, exchange=isinstance(m, (nn.Conv2d, nn.Linear)) and name not in model.split_layers)
         self.pieces = nn.ModuleDict({
             key.replace(".", "_") + f"_t{t}": piece for key, _, *pieces in self.steps for t, piece in enumerate(pieces)
         })  # registered, so .parameters(), .train() and .eval() reach every piece

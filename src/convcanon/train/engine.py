@@ -32,8 +32,7 @@ prints the choices and applies them through the same ``Engine``. Every choice is
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,13 +138,18 @@ class Engine:
         return autocast_factory(self.amp, self.device)()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device and memory format, and checkpoint its blocks if asked; also sets cuDNN
-        autotuning. Parameters keep their identity and names (state dicts are unaffected)."""
+        """Move ``model`` to the device and memory format, and turn on its activation checkpointing if asked
+        (``set_grad_checkpointing``, part of the model contract: every block recomputed in backward, about one tensor
+        per block kept instead of all of its activations, for one extra forward pass; Chen et al. 2016); also sets
+        cuDNN autotuning. Parameters keep their identity and names (state dicts are unaffected)."""
+        if self.activation_checkpointing and not callable(getattr(model, "set_grad_checkpointing", None)):
+            raise ValueError(f"--activation-checkpointing needs a model with blocks to recompute; "
+                             f"{type(model).__name__} has no set_grad_checkpointing (every model of the zoo has)")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
         model.to(self.device, memory_format=self.memory_format)
         if self.activation_checkpointing:
-            checkpoint_blocks(model)
+            model.set_grad_checkpointing(True)
         return model
 
     def prepare_input(self, x: Tensor) -> Tensor:
@@ -325,71 +329,7 @@ class CompiledWithFallback(nn.Module):
         return self.module.no_sync()  # DDP's gradient-sync switch, when the wrapped module is DDP
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Activation checkpointing
-
-
-@contextlib.contextmanager
-def _recompute_without_stat_updates(block: nn.Module) -> Iterator[None]:
-    """The recomputation in backward runs the block's forward a second time; batch norm would update its running
-    statistics (and ``num_batches_tracked``) twice. Momentum 0 keeps the running averages as they are and the counter
-    is put back, so a checkpointed model's buffers match the plain model's."""
-    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
-def _checkpointed_forward(self: nn.Module, x: Tensor) -> Tensor:
-    plain = type(self).__mro__[1].forward  # the block's own forward (the class this one was derived from)
-    if not torch.is_grad_enabled():
-        return plain(self, x)
-    return torch.utils.checkpoint.checkpoint(
-        plain, self, x, use_reentrant=False,
-        context_fn=lambda: (contextlib.nullcontext(), _recompute_without_stat_updates(self)),
-    )  # fmt: skip
-
-
-@functools.cache
-def _checkpointed_class(cls: type[nn.Module]) -> type[nn.Module]:
-    return type(f"Checkpointed{cls.__name__}", (cls,), {"forward": _checkpointed_forward, "__module__": __name__})
-
-
-def checkpoint_blocks(model: nn.Module) -> list[str]:
-    """Recompute each residual block's activations in backward instead of keeping them (Chen et al. 2016,
-    "Training Deep Nets with Sublinear Memory Cost"): only block inputs stay alive between forward and backward, about
-    one tensor per block instead of ~8 (ResNet-50's bottleneck), for one extra forward pass of compute.
-
-    The blocks change class in place to a subclass whose forward checkpoints the original one, so module names, state
-    dicts and ``isinstance`` checks are unchanged. Returns the names of the checkpointed blocks.
-    """
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise ValueError(
-            f"--activation-checkpointing checkpoints residual blocks; {type(model).__name__} has none (it works with "
-            "the ResNet family: resnet18..resnet152, resnet20..resnet110 and their plain twins)"
-        )
-    names = []
-    for name, block in blocks():
-        if type(block).forward is not _checkpointed_forward:
-            block.__class__ = _checkpointed_class(type(block))
-        names.append(name)
-    return names
-
-
-def is_checkpointed(block: nn.Module) -> bool:
-    return type(block).forward is _checkpointed_forward
-
-
 __all__ = [
     "AMP_DTYPES", "DeviceFacts", "Engine", "amp_dtype", "resolve_engine", "engine_for", "resolve_amp",
-    "autocast_factory", "CompiledWithFallback", "checkpoint_blocks", "optimizer_kernel", "is_checkpointed",
-    "has_local_response_norm",
+    "autocast_factory", "CompiledWithFallback", "optimizer_kernel", "has_local_response_norm",
 ]  # fmt: skip

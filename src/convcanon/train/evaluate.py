@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import logits_of
 from .distributed import DistContext
 
 EVAL_MIN_BATCH = 256  # evaluation keeps no activations for backward, so it takes larger batches than training
@@ -45,7 +44,7 @@ def evaluate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
-            logits = logits_of(model(x)).float()
+            logits = model(x).float()
         pred = logits.topk(k5, dim=1).indices
         hits = pred.eq(y[:, None])
         totals += torch.stack([

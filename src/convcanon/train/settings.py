@@ -11,8 +11,7 @@ opens and writes nothing; in order:
    is read, decoded or scanned;
 4. the model: its name, its options (names and types, then the constructor's own checks) and the input the data will
    feed it, by building it on the meta device (shapes only: no memory, no initialization); ``in_chans`` and
-   ``num_classes`` come from the data, never from ``--model-option``; with ``--activation-checkpointing``, that the
-   model has blocks to checkpoint.
+   ``num_classes`` come from the data, never from ``--model-option``.
 
 ``build_model`` is how every user of the zoo (the run, the benchmarks) builds a model for its input.
 """
@@ -29,7 +28,7 @@ from ..data import DataSpec, parse_data
 from ..registry import create_model, model_info, model_options
 from .config import TrainConfig, validate
 from .distributed import resolve_device
-from .engine import checkpoint_blocks, resolve_amp
+from .engine import resolve_amp
 
 # Model options that the data decides, and what to change instead.
 _FROM_THE_DATA = {
@@ -59,10 +58,8 @@ def check_model(cfg: TrainConfig, data: DataSpec) -> None:
             raise ValueError(f"--model-option {key}={cfg.model_options[key]}: {why.format(spec=cfg.data, value=have)}; "
                              f"leave the option out")
     with torch.device("meta"):
-        model = build_model(cfg.model, cfg.model_options, num_classes=data.num_classes, in_chans=data.in_chans,
-                            image_size=data.image_size, for_what=f"--data {cfg.data}")
-        if cfg.activation_checkpointing:
-            checkpoint_blocks(model)  # the error that names the models it works with
+        build_model(cfg.model, cfg.model_options, num_classes=data.num_classes, in_chans=data.in_chans,
+                    image_size=data.image_size, for_what=f"--data {cfg.data}")
 
 
 def build_model(name: str, options: dict[str, Any], *, num_classes: int, in_chans: int, image_size: int,

@@ -31,4 +31,3 @@ class ClassificationTask:
         """Top-1 misses of the main logits (a tensor on the device: no host sync)."""
         logits = output.logits if isinstance(output, ModelOutput) else output
         return (logits.detach().argmax(1) != target).sum()
-

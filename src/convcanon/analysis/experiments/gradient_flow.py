@@ -2,7 +2,7 @@
 
 For the CIFAR nets of depth 20, 56 and 110 (plain and residual, batch norm on as in the paper), the norm of the
 loss gradient with respect to each convolution's weight, in forward order (the stem, then ``conv1``/``conv2`` of every
-block of ``ResNetCifar.blocks()``), averaged over a few batches: at initialization and after some training. The
+block, along the model's ``blocks()``), averaged over a few batches: at initialization and after some training. The
 summary number is the ratio between the gradient reaching the first blocks and the one at the last blocks (mean over
 three layers at each end), as a power of ten.
 
@@ -76,7 +76,7 @@ def _probe(model, data, batches: int, batch_size: int, seed: int, device) -> lis
     from ...train.task import ClassificationTask
 
     task = ClassificationTask()
-    layers = [model.conv1] + [conv for _, block in model.blocks() for conv in (block.conv1, block.conv2)]
+    layers = _convs(model)
     sq = torch.zeros(len(layers), dtype=torch.float64)
     for i, (x, y) in enumerate(data.train_batches(10_000, batch_size, seed=seed, device=device)):
         if i == batches:
@@ -86,6 +86,13 @@ def _probe(model, data, batches: int, batch_size: int, seed: int, device) -> lis
         sq += torch.tensor([float(layer.weight.grad.norm()) ** 2 for layer in layers], dtype=torch.float64)
     model.zero_grad(set_to_none=True)
     return [float(v) for v in (sq / batches).sqrt()]
+
+
+def _convs(model: Any) -> list[Any]:
+    """Every convolution in forward order (option-A shortcuts have none: the stem, then conv1/conv2 of each block)."""
+    from torch import nn
+
+    return [m for _, block in model.blocks() for m in block.modules() if isinstance(m, nn.Conv2d)]
 
 
 def measure(model: str, batch_norm: bool, steps: int, probe_batches: int, batch_size: int, lr: float,
@@ -100,7 +107,7 @@ def measure(model: str, batch_norm: bool, steps: int, probe_batches: int, batch_
     torch.manual_seed(seed)
     net = create_model(model, num_classes=data.info.num_classes, in_chans=data.info.in_chans,
                        batch_norm=batch_norm).to(dev)
-    out: dict[str, Any] = {"model": model, "batch_norm": batch_norm, "layers": 1 + 2 * len(net.blocks()),
+    out: dict[str, Any] = {"model": model, "batch_norm": batch_norm, "layers": len(_convs(net)),
                            "init": _probe(net, data, probe_batches, batch_size, seed, dev)}
     if steps:
         fit = lean.fit(net, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, warmup_steps=warmup_steps,
