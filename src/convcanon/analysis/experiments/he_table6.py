@@ -6,7 +6,8 @@ verdict "reproduced within N points" against Table 6 (tolerance ``papers.TOLERAN
 its schedule's shape (lr / 10 at half and three quarters of the run) over a tenth of the budget, depth 20 and 56, one
 seed: a check that the protocol runs and degradation shows, compared with the paper's column but never judged
 against it. Tiny mode is the test suite's smoke run. On a GPU each run takes train's fast path (bf16, channels-last,
-compile where it pays); on a CPU, fp32.
+compile for these long runs); on a CPU, fp32. One deviation from the paper, the engine's optimizer rule: no weight
+decay on batch norm's parameters and biases (``train.optim.param_groups``).
 """
 
 from __future__ import annotations
