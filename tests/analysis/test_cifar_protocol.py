@@ -121,8 +121,9 @@ def test_each_data_runs_the_experiments_that_support_it(cifar):
     assert resolve_names(None, f"cifar10:{cifar}") == ["he_table6", "alexnet_fig1", "ideas", "scaling"]
     with pytest.raises(ValueError, match="do.*not run on --data cifar10"):
         resolve_names("degradation", f"cifar10:{cifar}")
-    with pytest.raises(ValueError, match="MNIST has no loader"):
-        resolve_names(None, "mnist")
+    for spec in ("mnist", "mnist:/data/mnist"):
+        with pytest.raises(ValueError, match="MNIST has no loader"):
+            resolve_names(None, spec)
     assert he_table6.DATA["cifar10"] == 32 and core.experiment_module("canon").__name__.endswith("canon")
 
 

@@ -35,9 +35,9 @@ def parse(spec: str):
     """``spec`` read by the data layer (no file opened), with the data sets it does not load yet refused by name."""
     from ...data.spec import parse_data
 
-    if spec.lower() in NOT_YET:
-        raise ValueError(f"--data {spec}: {NOT_YET[spec.lower()]}; use digits, cifar10:PATH, cifar100:PATH or "
-                         "folder:PATH")
+    name = spec.partition(":")[0].lower()
+    if name in NOT_YET:
+        raise ValueError(f"--data {spec}: {NOT_YET[name]}; use digits, cifar10:PATH, cifar100:PATH or folder:PATH")
     return parse_data(spec)
 
 
