@@ -153,7 +153,10 @@ def test_ideas_do_not_hold():
     res = _ideas(relu=(200, 220, 240), tanh=(40, 45, 50), gap_off=(0.1, 0.12, 0.14), gap_on=(0.3, 0.32, 0.34),
                  bn_steps=(150, 160, 170), nobn_steps=(30, 35, 40), lr_bn=0.1, lr_nobn=1.0)
     v = {x.claim.split()[0]: x.holds for x in ideas.verdicts(res)}
-    assert v["ReLU"] is False and v["Dropout"] is False and v["Batch"] is False
+    assert v["Dropout"] is False and v["Batch"] is False
+    # 8x8 digits cannot test ReLU vs tanh as the paper did: no weak verdict, a pointer to the CIFAR protocol
+    relu = ideas.verdict_relu(res)
+    assert relu.holds is None and "tanh is faster here" in relu.text and "alexnet-fig1 --data cifar10" in relu.text
 
 
 def test_ideas_inconclusive_inside_noise():

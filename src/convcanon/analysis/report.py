@@ -1,8 +1,9 @@
 """The evidence report: every experiment, then ``DIR/report.md`` with the verdicts, tables and plots.
 
-``build_report`` runs the experiments (each cached per configuration, see ``experiments.core``), states the expected
-runtime before it starts, and writes one Markdown file whose images are the experiments' PNGs (relative links, so the
-directory can be moved or committed as it is).
+``build_report`` runs the experiments that support its data (``--data``: the embedded digits by default, or CIFAR for
+the papers' protocols; see ``experiments.datasets``), each cached per configuration (see ``experiments.core``), states
+the expected runtime before it starts (and in full mode the estimator's predicted cost), and writes one Markdown file
+whose images are the experiments' PNGs (relative links, so the directory can be moved or committed as it is).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .experiments.core import (
     run_experiment,
     run_units,
 )
+from .experiments.datasets import DEFAULT_DATA, data_kind, describe, supported
 
 
 @dataclass
@@ -44,15 +46,60 @@ class ReportResult:
     rows: list[dict[str, Any]] = field(default_factory=list)  # the main table: one row per verdict
 
 
-def resolve_names(only: str | Sequence[str] | None) -> list[str]:
-    """Experiment names in report order; ``only`` as a comma-separated string or a list (hyphens allowed)."""
+def resolve_names(only: str | Sequence[str] | None, data: str = DEFAULT_DATA) -> list[str]:
+    """Experiment names in report order, those that support ``data``; ``only`` as a comma-separated string or a list
+    (hyphens allowed), each of which must support ``data``."""
+    kind = data_kind(data)
+    runs_on = [n for n in EXPERIMENTS if kind in supported(experiment_module(n))]
+    if not runs_on:
+        raise ValueError(f"--data {data}: no experiment runs on {kind} data; the digits experiments run on digits, "
+                         "the paper protocols on cifar10:PATH or cifar100:PATH")
     if not only:
-        return list(EXPERIMENTS)
+        return runs_on
     wanted = [n.strip().replace("-", "_") for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
     unknown = [n for n in wanted if n not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"--only: unknown experiment(s) {', '.join(unknown)}; experiments: {', '.join(EXPERIMENTS)}")
+    elsewhere = [n for n in wanted if n not in runs_on]
+    if elsewhere:
+        raise ValueError(f"--only: {', '.join(elsewhere)} do(es) not run on --data {data}; on {kind} data: "
+                         f"{', '.join(runs_on)}")
     return [n for n in EXPERIMENTS if n in wanted]
+
+
+def catalog_device(device: str = "auto") -> str:
+    """The estimator's catalog name for this machine's device: its GPU's (by name), else ``cpu``."""
+    import torch
+
+    from ..estimate import DEVICES
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name(0).lower()
+    matches = [k for k in DEVICES if k != "cpu" and k.split("-")[0] in name]
+    return max(matches, key=len) if matches else "h100"
+
+
+def cost_line(names: Sequence[str], mode: Mode, seed: int, data: str, device: str, jobs: int) -> str | None:
+    """What the full report prints first when it runs the CIFAR protocols: the estimator's predicted cost (digits runs
+    are not priced: the estimator knows CIFAR-size inputs, and they take minutes on a CPU)."""
+    if mode != "full" or data_kind(data) == "digits" or not any(hasattr(experiment_module(n), "gpu_seconds")
+                                                                 for n in names):
+        return None
+    cost = predicted_cost(names, mode, seed, data, device)
+    return ("predicted cost (convcanon's estimator, every unit one after the other on one device): "
+            + "; ".join(f"{duration(v)} on {k}" for k, v in cost.items()) + f"; {jobs} worker(s) share it")
+
+
+def predicted_cost(names: Sequence[str], mode: Mode, seed: int, data: str, device: str) -> dict[str, float]:
+    """The estimator's wall-clock (seconds, units one after the other) for the experiments that price their units
+    (``gpu_seconds``: the paper protocols), on this device and on one H100."""
+    priced = [experiment_module(n) for n in names if hasattr(experiment_module(n), "gpu_seconds")]
+    here = catalog_device(device)
+    out: dict[str, float] = {}
+    for dev in dict.fromkeys((here, "h100")):
+        out[dev] = sum(m.gpu_seconds(m.settings(mode, seed, device, data), dev) for m in priced)
+    return out
 
 
 def _cpu_seconds() -> float:
@@ -74,20 +121,27 @@ def build_report(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     command: str | None = None,
+    data: str = DEFAULT_DATA,
 ) -> ReportResult:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    names = resolve_names(only)
+    names = resolve_names(only, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs_used = jobs or default_jobs(device)
-    expected = expected_seconds(names, mode, seed, device, jobs, out)
-    log(f"convcanon report ({mode} mode): {len(names)} experiment(s) into {out}; expected runtime "
-        f"{duration(expected)} for what is not cached yet ({jobs_used} worker process(es), one CPU core each"
-        f"{'; a GPU is faster' if mode == 'full' else ''}). Finished pieces are cached: an interrupted run resumes.")
+    expected = expected_seconds(names, mode, seed, device, jobs, out, data)
+    line = cost_line(names, mode, seed, data, device, jobs_used)
+    if line:
+        log(line)
+    runtime = (f"{duration(expected)} for what is not cached yet ({jobs_used} worker process(es), one CPU core each"
+               f"{'; a GPU is faster' if mode == 'full' else ''})")
+    if line and catalog_device(device) != "cpu":  # the CPU-core figure would mislead: the estimator's is above
+        runtime = f"the predicted cost above for what is not cached yet ({jobs_used} worker process(es))"
+    log(f"convcanon report ({mode} mode) on {describe(data)}: {len(names)} experiment(s) into {out}; expected runtime "
+        f"{runtime}. Finished pieces are cached: an interrupted run resumes.")
     t0, c0 = time.perf_counter(), _cpu_seconds()
     # Every experiment's missing units in one pool, longest first, so no worker idles while another finishes a
     # long unit of one experiment; then each experiment is assembled from the cache.
-    tasks = pending_units(names, out=out, mode=mode, seed=seed, device=device, force=force)
+    tasks = pending_units(names, out=out, mode=mode, seed=seed, device=device, force=force, data=data)
     _, _, computed, unit_cpu = run_units(tasks, force=force, jobs=jobs, threads=threads, device=device,
                                          progress=progress, log=log, label="report")
     done: dict[str, ExperimentRun] = {}
@@ -95,7 +149,8 @@ def build_report(
     for name in names:
         if name not in done:
             done[name] = run_experiment(name, out=out, mode=mode, seed=seed, device=device, reassemble=force,
-                                        jobs=jobs, threads=threads, progress=progress, log=log, _deps_done=done)
+                                        jobs=jobs, threads=threads, progress=progress, log=log, data=data,
+                                        _deps_done=done)
         runs.append(done[name])
     for run in runs:  # what the pool computed, not what the assembly found in the cache
         if run.name in computed:
@@ -105,9 +160,10 @@ def build_report(
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     rows = main_rows(runs)
     text = render(runs, rows, mode=mode, seed=seed, seconds=seconds, cpu_seconds=cpu, expected=expected,
-                  jobs=jobs_used, command=command)
+                  jobs=jobs_used, command=command, data=data)
     path = atomic_write_text(out / "report.md", text)
-    summary = {"mode": mode, "seed": seed, "convcanon": __version__, "seconds": round(seconds, 1),
+    summary = {"mode": mode, "seed": seed, "data": describe(data), "convcanon": __version__,
+               "seconds": round(seconds, 1),
                "cpu_seconds": round(cpu, 1), "expected_seconds": round(expected, 1), "verdicts": rows,
                "experiments": {r.name: {"results": str(r.dir / "results.json"),
                                         "plots": [str(r.dir / p) for p in r.plots], "computed_units": r.computed,
@@ -180,13 +236,14 @@ def cost_section(number: int) -> str:
 
 
 def render(runs: Sequence[ExperimentRun], rows: Sequence[dict[str, Any]], *, mode: str, seed: int, seconds: float,
-           cpu_seconds: float, expected: float, jobs: int, command: str | None) -> str:
+           cpu_seconds: float, expected: float, jobs: int, command: str | None, data: str = DEFAULT_DATA) -> str:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or
                                                                                platform.machine())
     counts = {k: sum(r["verdict"] == k for r in rows) for k in ("holds", "does not hold", "inconclusive")}
-    cmd = command or f"convcanon report{' --quick' if mode == 'quick' else ' --tiny' if mode == 'tiny' else ''}"
+    cmd = command or (f"convcanon report{' --quick' if mode == 'quick' else ' --tiny' if mode == 'tiny' else ''}"
+                      + (f" --data {data}" if data != DEFAULT_DATA else ""))
     lines = [
         "# convcanon evidence report",
         "",
@@ -196,6 +253,8 @@ def render(runs: Sequence[ExperimentRun], rows: Sequence[dict[str, Any]], *, mod
         f"and {cpu_seconds:.0f} CPU seconds (expected {duration(expected)} before it started; cached pieces cost "
         f"nothing); the results shown cost {_unit_cpu(runs):.0f} CPU seconds of training and measuring, whenever "
         "they were computed. Raw results: `<experiment>/results.json`.",
+        "",
+        f"Data: {describe(data)}.",
         "",
         f"**{_count(counts['holds'], 'claim holds', 'claims hold')}, "
         f"{_count(counts['does not hold'], 'does not', 'do not')}, "

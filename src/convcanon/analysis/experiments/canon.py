@@ -77,7 +77,8 @@ ARCH_OF = {"alexnet_cifar": "AlexNet", "vgg16_bn_cifar": "VGG-16", "googlenet_ci
 ERROR_FLOOR = 0.6  # points of test error (two test images)
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
     small = SMALL if mode != "tiny" else [("alexnet_cifar", 16, 0.02), ("resnet20", 8, 0.05)]
     return {
         "small": [list(x) for x in small],

@@ -41,9 +41,11 @@ from typing import Any, Literal
 
 from ... import __version__
 from ...io import atomic_write_json
+from .datasets import check_supported, keyed
 
-# The experiments, one module each, in report order; pitfalls last, it reads the others' results.
-EXPERIMENTS: tuple[str, ...] = ("canon", "degradation", "identity", "gradient_flow", "ideas", "scaling", "pitfalls")
+# The experiments in report order (pitfalls last: it reads the others'); a report runs those its data supports.
+EXPERIMENTS: tuple[str, ...] = ("canon", "degradation", "he_table6", "alexnet_fig1", "identity", "gradient_flow",
+                                "ideas", "scaling", "pitfalls")
 
 Mode = Literal["tiny", "quick", "full"]
 MODES: tuple[str, ...] = ("tiny", "quick", "full")
@@ -123,8 +125,9 @@ class Unit:
     cost: float = 1.0
 
     def key(self, experiment: str) -> str:
-        return stable_hash({"experiment": experiment, "func": self.func, "params": self.params,
+        return stable_hash({"experiment": experiment, "func": self.func, "params": keyed(self.params),
                             "convcanon": __version__})
+
 
 
 def stable_hash(obj: Any) -> str:
@@ -144,17 +147,28 @@ def _call(func: str, params: dict[str, Any], threads: int) -> tuple[dict[str, An
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def _worker_init() -> None:
-    # Spawned workers import torch once; keep their OpenMP pools from spinning on shared cores.
+def _worker_init(gpus: Any = None) -> None:
+    # Spawned workers import torch once; keep their OpenMP pools from spinning on shared cores. With several GPUs,
+    # each worker is given one (round robin), before this process initializes CUDA.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
 def default_jobs(device: str = "auto") -> int:
+    """One worker per GPU (its kernels, not Python, are the bottleneck), else one per CPU core (at most 8)."""
+    if device.startswith("cuda:"):
+        return 1
+    gpus = _gpu_count(device)
+    return gpus if gpus else max(1, min(os.cpu_count() or 1, 8))
+
+
+def _gpu_count(device: str) -> int:
+    if device not in ("auto", "cuda"):
+        return 0  # cpu, or one named GPU (cuda:1): every worker uses what was asked for
     import torch
 
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return 1  # one process owns the GPU; its kernels, not Python, are the bottleneck
-    return max(1, min(os.cpu_count() or 1, 8))
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -186,12 +200,12 @@ def experiment_module(name: str):
 
 
 def expected_seconds(names: str | Sequence[str], mode: Mode, seed: int = 0, device: str = "auto",
-                     jobs: int | None = None, out: str | Path | None = None) -> float:
+                     jobs: int | None = None, out: str | Path | None = None, data: str = "digits") -> float:
     """Estimated wall seconds for the units of ``names`` (and their dependencies) not cached yet under ``out``, all
     sharing one pool of ``jobs`` workers of one CPU core each (a GPU is faster). ``out=None``: as if nothing were."""
     names = [names] if isinstance(names, str) else list(names)
     tasks = pending_units(names, out=out if out is not None else Path("/nonexistent"), mode=mode, seed=seed,
-                          device=device)
+                          device=device, data=data)
     todo = [u for exp, u, unit_dir in tasks if out is None or not (unit_dir / f"{u.key(exp)}.json").exists()]
     if not todo:
         return 0.0
@@ -201,12 +215,13 @@ def expected_seconds(names: str | Sequence[str], mode: Mode, seed: int = 0, devi
     return max(sum(costs) / jobs, max(costs)) + 3.0 * min(jobs, len(todo))
 
 
-def experiment_key(name: str, mode: Mode, seed: int = 0, device: str = "auto") -> str:
-    """The cache key of an experiment's results: its resolved settings, its dependencies' keys, the version."""
+def experiment_key(name: str, mode: Mode, seed: int = 0, device: str = "auto", data: str = "digits") -> str:
+    """The cache key of an experiment's results: its resolved settings (the data by identity, not path), its
+    dependencies' keys, the version."""
     mod = experiment_module(name)
-    deps = {d: experiment_key(d, mode, seed, device) for d in getattr(mod, "DEPENDS", ())}
-    return stable_hash({"experiment": mod.NAME, "settings": mod.settings(mode, seed, device), "deps": deps,
-                        "convcanon": __version__})
+    deps = {d: experiment_key(d, mode, seed, device, data) for d in getattr(mod, "DEPENDS", ())}
+    return stable_hash({"experiment": mod.NAME, "settings": keyed(mod.settings(mode, seed, device, data)),
+                        "deps": deps, "convcanon": __version__})
 
 
 def _up_to_date(results_path: Path, key: str) -> dict[str, Any] | None:
@@ -230,17 +245,19 @@ def run_experiment(
     threads: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    data: str = "digits",
     _deps_done: dict[str, ExperimentRun] | None = None,
 ) -> ExperimentRun:
     """Run (or read from the cache) experiment ``name`` and write ``out/<name>/results.json`` and its plots.
 
     ``force`` recomputes every unit; ``reassemble`` ignores results.json but uses the unit cache (the report computes
-    all experiments' units in one pool first, then assembles each).
+    all experiments' units in one pool first, then assembles each). ``data``: a ``--data`` spec in its ``DATA``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     mod = experiment_module(name)
+    check_supported(mod, data)
     t0 = time.perf_counter()
     done = _deps_done if _deps_done is not None else {}
     deps: dict[str, dict[str, Any]] = {}
@@ -249,12 +266,12 @@ def run_experiment(
         if dep not in done:
             done[dep] = run_experiment(dep, out=out, mode=mode, seed=seed, device=device, force=force,
                                        reassemble=reassemble, jobs=jobs, threads=threads, progress=progress, log=log,
-                                       _deps_done=done)
+                                       data=data, _deps_done=done)
         deps[dep] = done[dep].results
         dep_keys[dep] = done[dep].key
 
-    settings = mod.settings(mode, seed, device)
-    key = experiment_key(mod.NAME, mode, seed, device)
+    settings = mod.settings(mode, seed, device, data)
+    key = experiment_key(mod.NAME, mode, seed, device, data)
     exp_dir = Path(out) / mod.NAME
     exp_dir.mkdir(parents=True, exist_ok=True)
     results_path = exp_dir / "results.json"
@@ -297,7 +314,7 @@ def run_experiment(
 
 
 def pending_units(names: Sequence[str], *, out: str | Path, mode: Mode, seed: int = 0, device: str = "auto",
-                  force: bool = False) -> list[tuple[str, Unit, Path]]:
+                  force: bool = False, data: str = "digits") -> list[tuple[str, Unit, Path]]:
     """(experiment, unit, unit dir) of every unit the experiments ``names`` (and their dependencies) still need:
     none for an experiment whose results.json is up to date (unless ``force``)."""
     seen: list[str] = []
@@ -315,9 +332,9 @@ def pending_units(names: Sequence[str], *, out: str | Path, mode: Mode, seed: in
     for name in seen:
         mod = experiment_module(name)
         exp_dir = Path(out) / mod.NAME
-        if not force and _up_to_date(exp_dir / "results.json", experiment_key(name, mode, seed, device)):
+        if not force and _up_to_date(exp_dir / "results.json", experiment_key(name, mode, seed, device, data)):
             continue
-        tasks += [(mod.NAME, u, exp_dir / "units") for u in mod.units(mod.settings(mode, seed, device))]
+        tasks += [(mod.NAME, u, exp_dir / "units") for u in mod.units(mod.settings(mode, seed, device, data))]
     return tasks
 
 
@@ -390,10 +407,7 @@ def run_units(tasks: Sequence[tuple[str, Unit, Path]], *, force: bool, jobs: int
             torch.set_num_threads(saved[0])
             torch.use_deterministic_algorithms(saved[1])
     else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        with _pool(jobs, device) as pool:
             pending = {pool.submit(_call, t[1].func, t[1].params, threads): t for t in todo}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -401,6 +415,19 @@ def run_units(tasks: Sequence[tuple[str, Unit, Path]], *, force: bool, jobs: int
                     finish(pending.pop(fut), fut.result())
     bar.close()
     return outputs, stats, computed, cpu
+
+
+def _pool(jobs: int, device: str) -> ProcessPoolExecutor:
+    """``jobs`` spawned workers, sharing several GPUs round robin (more jobs than GPUs: several workers per GPU)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    gpus, queue = _gpu_count(device), None
+    if gpus > 1:
+        queue = ctx.Queue()
+        for i in range(jobs):
+            queue.put(i % gpus)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(queue,))
 
 
 class _NoBar:

@@ -33,7 +33,8 @@ MS_PER_LAYER_STEP = 1.3
 THRESHOLD = 1.0  # decades: the plain net's first/last ratio must be this much further from 1 than the residual's
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
     return {
         "depths": pick(mode, [20, 32], [20, 56, 110], [20, 56, 110]),
         "steps": pick(mode, 3, 60, 500),

@@ -25,6 +25,7 @@ Linear layers get PyTorch's default init instead of VGG's N(0, 0.01), which is s
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,26 @@ MINI_CONFIGS: dict[str, list[int | str]] = {
     "fc_tower": [32, "M", 64, "M"],  # 2 conv + a 3-layer FC tower on a 2x2 map: where dropout acts
     "stacks": [64, "M", 64, 64, 64, "M"],  # one stage of three 3x3 convs (64 -> 64), or one 7x7 conv
     "deep": [32, 32, 32, "M", 64, 64, 64, "M"],  # six convs: deep enough for batch norm to matter
+    # AlexNet Fig. 1's four-layer net on 32x32 CIFAR (alexnet_fig1): the widths of cuda-convnet's CIFAR net, 3x3 convs
+    "cifar_four_layer": [32, "M", 32, "M", 64, "M"],
 }
 RELU_TARGET = 25.0  # % running training error, the AlexNet paper's Fig. 1 criterion
 BN_TARGET = 10.0  # % running training error, for the batch-norm speed comparison
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 ERROR_FLOOR = 0.6  # points of test error: two test images (0.28 points each); smaller gaps are not called effects
+CIFAR_ERROR_FLOOR = 0.3  # the same on CIFAR's 10,000 test images: 30 images
+DATA = {"digits": 8, "cifar10": 32, "cifar100": 32}
+# On CIFAR (32x32 RGB, 50k images) the same ablations run at batch 128 over these step budgets (tiny, quick, full):
+# a few epochs each, enough for the switches' effects to show, not to reach the papers' accuracies.
+CIFAR_STEPS = {"relu": (6, 1000, 4000), "dropout": (4, 1500, 6000), "kernels": (4, 1000, 4000),
+               "head": (4, 1000, 4000), "bn_speed": (4, 1000, 3000), "bn_sweep": (4, 200, 400)}
+CIFAR_COST = 32.0  # a CIFAR step costs ~32 digits steps (16x the pixels, 2x the batch)
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
-    n = pick(mode, 1, 3, 5)
-    return {
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
+    n = pick(mode, 1, 3, 5) if data == "digits" else pick(mode, 1, 1, 3)
+    base = {
         "seeds": [seed + k for k in range(n)],
         "relu": {"lrs": pick(mode, [0.01], [0.01, 0.03, 0.1, 0.3], [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]),
                  "max_steps": pick(mode, 6, 400, 1000), "batch_size": 64},
@@ -63,6 +74,12 @@ def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
                      "steps": pick(mode, 4, 60, 200), "batch_size": 64},
         "device": device,
     }
+    if data == "digits":
+        return base
+    for part, steps in CIFAR_STEPS.items():
+        key = "max_steps" if part == "relu" else "steps"
+        base[part] = {**base[part], key: pick(mode, *steps), "batch_size": pick(mode, 16, 128, 128)}
+    return {**base, "data": data}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -112,7 +129,19 @@ def units(s: dict[str, Any]) -> list[Unit]:
                 "config": "deep", "options": {"batch_norm": bn, "head": "avgpool"}, "steps": w["steps"], "lr": lr,
                 "batch_size": w["batch_size"], "seed": s["seeds"][0], "device": dev, "schedule": "constant",
                 "eval": False}, 0.02 * w["steps"]))
+    if "data" in s:  # CIFAR: the same units on the given data (the profiles are data-free)
+        out = [u if u.name == "profiles" else replace(u, params={**u.params, "data": s["data"]},
+                                                      cost=u.cost * CIFAR_COST) for u in out]
     return out
+
+
+def gpu_seconds(s: dict[str, Any], device: str) -> float:
+    """The estimator's price on CIFAR: every unit's steps at ResNet-20's step time (these small VGGs do 0.5-1.2x its
+    work per image; such small steps are bound by launch latency more than by arithmetic)."""
+    from ...estimate import estimate
+
+    step = estimate("resnet20", data="cifar10", epochs=1, device=device, batch_size=128).step_s
+    return step * sum(u.params["steps"] for u in units(s) if u.name != "profiles")
 
 
 def mini_vgg(config: str, *, num_classes: int = 10, in_chans: int = 1, **options: Any):
@@ -132,23 +161,28 @@ def mini_vgg(config: str, *, num_classes: int = 10, in_chans: int = 1, **options
 
 def run_small(config: str, options: dict[str, Any], steps: int, lr: float, batch_size: int, seed: int, device: str,
               schedule: str = "cosine", weight_decay: float = 5e-4, stop_below: float | None = None,
-              augment: bool = True, eval: bool = True) -> dict[str, Any]:
+              augment: bool = True, eval: bool = True, data: str = "digits") -> dict[str, Any]:
     import torch
 
     from ..profile import count_macs, count_params
     from . import lean
 
-    data = lean.digits() if augment else lean.digits_unaugmented()
+    if data == "digits":
+        source = lean.digits() if augment else lean.digits_unaugmented()
+    else:
+        source = lean.dataset(data, augment)
+    info = source.info
     torch.manual_seed(seed)
-    net = mini_vgg(config, **options)
+    net = mini_vgg(config, num_classes=info.num_classes, in_chans=info.in_chans, **options)
     stop = (lambda step, err: err <= stop_below) if stop_below is not None else None
-    fit = lean.fit(net, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
+    fit = lean.fit(net, source, steps=steps, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
                    weight_decay=weight_decay, device=lean.resolve_device(device), stop=stop, window=5,
-                   final_eval=eval)
+                   final_eval=eval, fast=data != "digits")
     reached = None
     if stop_below is not None:
         reached = next((p[0] for p in fit["train_curve"] if p[1] <= stop_below), None)
-    return {"params": count_params(net), "macs": count_macs(net, (1, 8, 8)), "steps_to_target": reached, **fit}
+    macs = count_macs(net, (info.in_chans, info.image_size, info.image_size))
+    return {"params": count_params(net), "macs": macs, "steps_to_target": reached, **fit}
 
 
 def profiles() -> dict[str, Any]:
@@ -236,6 +270,15 @@ def _num(x: Any) -> float:
     return 90.0 if x is None else float(x)
 
 
+def _where(results: dict[str, Any]) -> str:
+    """The data the small networks trained on: digits, cifar10 or cifar100 (from the spec, not its folder)."""
+    return str(results["settings"].get("data", "digits")).partition(":")[0]
+
+
+def _floor(results: dict[str, Any]) -> float:
+    return ERROR_FLOOR if _where(results) == "digits" else CIFAR_ERROR_FLOOR
+
+
 def _first_below(curve: list, level: float, cap: int) -> float:
     return float(next((p[0] for p in curve if p[1] <= level), cap))
 
@@ -262,9 +305,14 @@ def verdict_relu(results: dict[str, Any]) -> Verdict:
     sep = separated(tanh["steps_to_target"], relu["steps_to_target"], floor=5)
     if sep is True:
         return Verdict(claim, True, f"{nums}{note}: {ratio:.1f}x fewer steps with ReLU (the paper: 6x on CIFAR-10).")
-    if sep is False:
-        return Verdict(claim, False, f"{nums}{note}: tanh is faster here.")
-    return Verdict(claim, None, f"{nums}{note}: inside the seed spread.")
+    # Not a "does not hold": digits reach 25% training error in a few dozen steps, where the paper's curves of
+    # CIFAR-10 take thousands; the claim is tested as the paper made it by alexnet_fig1.
+    found = "tanh is faster here" if sep is False else "inside the seed spread"
+    if _where(results) != "digits":
+        return Verdict(claim, sep, f"{nums}{note}: {found}.")
+    return Verdict(claim, None, f"{nums}{note}: {found}. 8x8 digits cannot test this as AlexNet's Fig. 1 did (they "
+                                "reach 25% in tens of steps, where CIFAR-10 takes thousands): the paper's protocol is "
+                                "`convcanon experiment alexnet-fig1 --data cifar10:PATH`.")
 
 
 def verdict_dropout(results: dict[str, Any]) -> Verdict:
@@ -294,11 +342,12 @@ def verdict_kernels(results: dict[str, Any]) -> Verdict:
     nums = (f"VGG-16 (average-pool head) at 224x224: {stack['params'] / 1e6:.1f}M parameters / "
             f"{stack['macs'] / 1e9:.1f} GMACs with 3x3 "
             f"stacks vs {large['params'] / 1e6:.1f}M / {large['macs'] / 1e9:.1f} GMACs with large kernels; small VGG "
-            f"on digits: {small['stack']['params']:,} vs {small['large']['params']:,} parameters, test error "
+            f"on {_where(results)}: {small['stack']['params']:,} vs {small['large']['params']:,} parameters, test "
+            "error "
             f"{fmt_pm(small['stack']['test_error'], 2)}% vs {fmt_pm(small['large']['test_error'], 2)}%")
     if stack["params"] >= large["params"]:
         return Verdict(claim, False, f"{nums}: the stacks are not smaller.")
-    worse = separated(small["stack"]["test_error"], small["large"]["test_error"], ERROR_FLOOR)
+    worse = separated(small["stack"]["test_error"], small["large"]["test_error"], _floor(results))
     if worse is True:
         return Verdict(claim, False, f"{nums}: fewer parameters, but the stacks are less accurate here.")
     extra = " and more accurate" if worse is False else " and as accurate (within the seed spread)"
@@ -323,14 +372,18 @@ def verdict_head(results: dict[str, Any]) -> Verdict:
     fc, avg = _profile(results, "head", "vgg16", head="fc"), _profile(results, "head", "vgg16", head="avgpool")
     small = results["small"]["head"]
     nums = (f"VGG-16: {fc['params'] / 1e6:.1f}M parameters with the FC tower, {avg['params'] / 1e6:.1f}M with the "
-            f"average-pool head; small VGG on digits: test error {fmt_pm(small['fc']['test_error'], 2)}% (FC, "
+            f"average-pool head; small VGG on {_where(results)}: test error "
+            f"{fmt_pm(small['fc']['test_error'], 2)}% (FC, "
             f"{small['fc']['params']:,} params) vs {fmt_pm(small['avgpool']['test_error'], 2)}% (avg-pool, "
             f"{small['avgpool']['params']:,} params)")
     if avg["params"] >= fc["params"]:
         return Verdict(claim, False, f"{nums}.")
-    worse = separated(small["avgpool"]["test_error"], small["fc"]["test_error"], ERROR_FLOOR)
+    worse = separated(small["avgpool"]["test_error"], small["fc"]["test_error"], _floor(results))
     if worse is True:
-        return Verdict(claim, None, f"{nums}: far fewer parameters, but less accurate on digits in this budget.")
+        pointer = (" On 8x8 inputs both heads see a 2x2 map; the same ablation at 32x32 is `convcanon experiment ideas "
+                   "--data cifar10:PATH`." if _where(results) == "digits" else "")
+        return Verdict(claim, None, f"{nums}: far fewer parameters, but less accurate on {_where(results)} in this "
+                                    f"budget.{pointer}")
     return Verdict(claim, True, f"{nums}: {fc['params'] / avg['params']:.0f}x fewer parameters, accuracy "
                                 f"{'better' if worse is False else 'within the seed spread'}.")
 
@@ -376,7 +429,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
                         label=f"{act} (LR {results['relu'][act]['best_lr']:g})" if i == 0 else None)
     ax.axhline(RELU_TARGET, color="k", ls=":", lw=1, label=f"{RELU_TARGET:g}% target")
     ax.set_yscale("log")
-    ax.set_xlabel("SGD step (batch 64, constant LR: each activation's fastest)")
+    ax.set_xlabel(f"SGD step (batch {results['settings']['relu']['batch_size']}, constant LR: each activation's "
+                  "fastest)")
     ax.set_ylabel("running training error (%), log scale")
     ax.set_title("ReLU vs tanh: four-layer CNN (AlexNet Fig. 1)")
     ax.legend()
@@ -389,7 +443,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[str]:
                         label=label if i == 0 else None)
     ax.axhline(BN_TARGET, color="k", ls=":", lw=1, label=f"{BN_TARGET:g}% target")
     ax.set_yscale("log")
-    ax.set_xlabel(f"SGD step (batch 64, LR {results['settings']['bn_speed']['lr']:g})")
+    ax.set_xlabel(f"SGD step (batch {results['settings']['bn_speed']['batch_size']}, LR "
+                  f"{results['settings']['bn_speed']['lr']:g})")
     ax.set_ylabel("running training error (%), log scale")
     ax.set_title("Batch norm: training speed (6-conv VGG)")
     ax.legend()
@@ -426,13 +481,14 @@ def section(results: dict[str, Any], verdicts: list[Verdict], plots: list[str]) 
     drop = md_table([(f"p={k}", fmt_pm(v["train_error"], 2), fmt_pm(v["test_error"], 2), fmt_pm(v["train_loss"], 3),
                       fmt_pm(v["test_loss"], 3), fmt_pm(v["loss_gap"], 3)) for k, v in d.items()],
                     ["dropout", "train error %", "test error %", "train loss", "test loss", "loss gap"], "lrrrrr")
-    sm = results["small"]
+    sm, where = results["small"], _where(results)
     small = md_table([(f"{g}={v}", f"{x['params']:,}", f"{x['macs'] / 1e6:.2f}", fmt_pm(x["test_error"], 2))
                       for g in ("kernels", "head") for v, x in sm[g].items()],
-                     ["small VGG on digits", "params", "MMACs (8x8)", "test error %"], "lrrr")
+                     [f"small VGG on {where}", "params", f"MMACs ({DATA[where]}x{DATA[where]})", "test error %"],
+                     "lrrr")
     return (
         f"{len(results['seeds'])} seed(s) per trained variant. Measured at ImageNet size (no training):\n\n{prof}\n\n"
-        f"Dropout (FC tower, no augmentation, no weight decay):\n\n{drop}\n\nSmall networks on digits:\n\n{small}\n\n"
+        f"Dropout (FC tower, no augmentation, no weight decay):\n\n{drop}\n\nSmall networks on {where}:\n\n{small}\n\n"
         f"{verdict_lines(verdicts)}\n\n"
         + images(plots, NAME, {"ideas.png": "ReLU vs tanh, batch norm speed, LR sweep"})
     )

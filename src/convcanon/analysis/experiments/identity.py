@@ -36,7 +36,8 @@ MS_PER_BLOCK_STEP = 2.8
 FACTOR = 5.0  # "much lower": a loss ratio of at least this
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
     return {
         "depths": pick(mode, [2], [4, 16], [4, 16, 64]),
         "steps": pick(mode, 4, 200, 2000),

@@ -48,6 +48,23 @@ def digits_unaugmented():
     return source
 
 
+@lru_cache(maxsize=4)
+def dataset(spec: str, augment: bool = True, image_size: int | None = None):
+    """The data set of a ``--data`` spec (CIFAR in memory, augmented as in the ResNet paper; an ImageFolder tree
+    streamed and cropped to ``image_size``), opened once per process; ``augment=False`` drops the augmentation (for
+    claims measured without any regularization: in-memory data only)."""
+    from ...data import BatchAugment, open_data
+
+    if spec == "digits" and augment and image_size is None:
+        return digits()
+    source = open_data(spec, image_size=image_size, progress=False)
+    if not augment:
+        if not hasattr(source, "augment"):
+            raise ValueError(f"--data {spec}: this experiment needs in-memory data (digits or CIFAR)")
+        source.augment = BatchAugment()
+    return source
+
+
 def resolve_device(device: str) -> torch.device:
     from ...train.distributed import resolve_device as resolve
 
@@ -62,16 +79,31 @@ def exact_engine(device: torch.device):
     return resolve_engine(device=device, amp="off", channels_last=False, compile=False)
 
 
+# Compiling costs tens of seconds per network and saves a fraction of each small step: it pays over the paper
+# protocols' 64k-step runs, not over short sweeps.
+COMPILE_MIN_STEPS = 20_000
+
+
+def fast_engine(device: torch.device, model: nn.Module, steps: int):
+    """The paper protocols' engine: on a GPU, train's automatic choices (bf16 where native, channels-last; compile for
+    runs of ``COMPILE_MIN_STEPS`` steps or more); on a CPU, the exact engine."""
+    from ...train.engine import resolve_engine
+
+    if device.type != "cuda":
+        return exact_engine(device)
+    return resolve_engine(device=device, model=model, compile=None if steps >= COMPILE_MIN_STEPS else False)
+
+
 def make_lr_plan(data, *, steps: int, batch_size: int, lr: float, warmup_steps: int = 0,
                  schedule: str = "cosine", weight_decay: float = 5e-4, momentum: float = 0.9,
-                 optimizer: str = "sgd") -> tuple[Any, Plan]:
+                 optimizer: str = "sgd", nesterov: bool = True) -> tuple[Any, Plan]:
     """A TrainConfig and its Plan for exactly ``steps`` optimizer steps at ``lr`` (``base_batch = batch_size``, so
     ``lr`` is the peak LR itself, not a rate to be scaled)."""
     per_epoch = data.num_train_batches(batch_size)
     cfg = config_from_dict({
         "epochs": max(1, math.ceil(steps / per_epoch)), "batch_size": batch_size, "base_batch": batch_size, "lr": lr,
         "warmup_epochs": 0.0, "schedule": schedule, "weight_decay": weight_decay, "momentum": momentum,
-        "optimizer": optimizer, "progress": False,
+        "optimizer": optimizer, "nesterov": nesterov, "progress": False,
     }, where="experiment settings")  # fmt: skip
     plan = dataclasses.replace(make_plan(cfg, per_epoch), total_steps=steps, warmup_steps=warmup_steps)
     return cfg, plan
@@ -127,6 +159,9 @@ def fit(
     window: int = 10,
     stop: Callable[[int, float], bool] | None = None,
     final_eval: bool = True,
+    lr_fn: Callable[[int], float] | None = None,
+    fast: bool = False,
+    nesterov: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` for ``steps`` steps; returns curves and the final train/test error.
 
@@ -134,11 +169,14 @@ def fit(
     training batches in train mode, as the papers' training curves. ``test_curve``: (step, test error %, test loss)
     every ``eval_every`` steps (0: at the end only). ``stop(step, running_error)`` ends training early (steps-to-
     threshold measurements). A non-finite loss ends training and is reported as ``diverged``. ``final_eval=False``
-    skips the final evaluations (LR sweeps read the training curve only).
+    skips the final evaluations (LR sweeps read the training curve only). ``lr_fn(step)`` (0-based) replaces the
+    warmup + ``schedule`` LR (a paper's own schedule); ``fast`` trains on :func:`fast_engine`.
     """
     cfg, plan = make_lr_plan(data, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                             schedule=schedule, weight_decay=weight_decay, momentum=momentum)
-    model, train_step = build_step(model, exact_engine(device), cfg)
+                             schedule=schedule, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
+    engine = fast_engine(device, model, steps) if fast else exact_engine(device)
+    model, train_step = build_step(model, engine, cfg)
+    lr_of = lr_fn or (lambda i: lr_at(i, plan))
     model.train()
     train_curve: list[tuple[int, float, float]] = []
     test_curve: list[tuple[int, float, float]] = []
@@ -146,7 +184,7 @@ def fit(
     seen, diverged, step = 0, False, 0
     t0, c0 = time.perf_counter(), time.process_time()
     for step, (x, y) in enumerate(batches(data, batch_size, seed, device), start=1):
-        loss = train_step([(x, y)], 1, lr_at(step - 1, plan), step - 1)
+        loss = train_step([(x, y)], 1, lr_of(step - 1), step - 1)
         loss_sum += loss * len(y)
         seen += len(y)
         if step % window == 0 or step == steps:

@@ -27,7 +27,8 @@ PITFALLS = [
 ]  # fmt: skip
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
     return {"mode": mode, "seed": seed}
 
 

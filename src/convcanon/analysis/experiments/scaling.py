@@ -32,6 +32,7 @@ the verdicts say so; the rest of the report is unaffected.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,25 @@ DEPENDS: tuple[str, ...] = ()
 ROUNDING_TOL = 1e-5  # max |parameter difference| after one step that is float32 rounding, not another algorithm
 SAME_RUN_FRACTION = 0.1  # after N steps, an equivalent run stays within this fraction of the seed-to-seed distance
 ACC_TOL = 1.0  # points of test accuracy: "matches" (3-4 test images)
+DATA = {"digits": 8, "cifar10": 32, "cifar100": 32}
 
 
-def settings(mode: str, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def settings(mode: str, seed: int = 0, device: str = "auto",
+             data: str = "digits") -> dict[str, Any]:
+    base = _settings(mode, seed, device)
+    if data == "digits":
+        return base
+    # CIFAR (50k images): the equivalences are step-limited as on digits; the accuracy runs start from the paper's
+    # batch 128 (8x: 1,024, 32x: 4,096) and train these epochs (tiny, quick, full; tiny keeps digits' base 8, which
+    # a test's small CIFAR folder holds).
+    base["accum"]["epochs"] = pick(mode, 1, 1, 5)
+    base["linear"].update(base_batch=pick(mode, 8, 128, 128), lr=pick(mode, 0.05, 0.1, 0.1),
+                          epochs=pick(mode, 1, 5, 30), warmup_epochs=pick(mode, 1.0, 1.0, 5.0))
+    base["amp"]["epochs"] = pick(mode, 1, 2, 10)
+    return {**base, "data": data}
+
+
+def _settings(mode: str, seed: int, device: str) -> dict[str, Any]:
     return {
         "seed": seed,
         "device": device,
@@ -79,10 +96,12 @@ def units(s: dict[str, Any]) -> list[Unit]:
         Unit("ddp/vs-accumulation", f"{__name__}:ddp_pair", {**d, "sync_bn": False, "seed": seed}, 16),
         Unit("ddp/sync-bn-vs-big-batch", f"{__name__}:ddp_pair", {**d, "sync_bn": True, "seed": seed}, 16),
     ]
+    if "data" in s:  # CIFAR; digits units keep the parameters (and cache keys) they always had
+        out = [replace(u, params={**u.params, "data": s["data"]}) for u in out]
     # fp32 unless a unit asks for bf16: equivalence to rounding is a claim about fp32 arithmetic, and the report's
     # figures must not depend on whether the CPU that runs it has native bf16 (where auto would pick it).
-    base = {"data": "digits", "seed": seed, "device": dev, "lr": 0.1, "base_batch": 256, "warmup_epochs": 0.0,
-            "amp": "off"}
+    base = {"data": s.get("data", "digits"), "seed": seed, "device": dev, "lr": 0.1, "base_batch": 256,
+            "warmup_epochs": 0.0, "amp": "off"}
     const = {**base, "schedule": "constant"}
     alex = {**const, "model": "alexnet_cifar", "model_options": {"dropout": 0.0}, "image_size": 16, "epochs": 1,
             "max_steps": n}
@@ -119,6 +138,21 @@ def units(s: dict[str, Any]) -> list[Unit]:
         out.append(Unit(f"amp/{'fp32' if mode == 'off' else 'bf16'}", f"{__name__}:engine_run", {"config": cfg},
                         1.2 * amp["epochs"] + 2))
     return out
+
+
+def gpu_seconds(s: dict[str, Any], device: str) -> float:
+    """The estimator's price of the engine runs on CIFAR-size inputs (the torchrun pairs run on the CPU: not priced)."""
+    from ...estimate import estimate
+
+    configs = [c for u in units(s) for c in ([u.params["config"]] if "config" in u.params else
+                                             [u.params["a"], u.params["b"]] if "a" in u.params else [])]
+    total = 0.0
+    for c in configs:
+        batch = c["batch_size"] * c.get("accum_steps", 1)
+        epochs = c["max_steps"] * batch / 50_000 if c.get("max_steps") else c["epochs"]
+        total += estimate(c["model"], data="cifar10", epochs=epochs, device=device, batch_size=c["batch_size"],
+                          image_size=c.get("image_size")).total_s
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------------------------

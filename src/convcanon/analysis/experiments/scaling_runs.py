@@ -111,17 +111,17 @@ def engine_pair(a: dict[str, Any], b: dict[str, Any], track_steps: int, threads_
 
 
 def ddp_pair(model: str, batch_size: int, steps: int, lr: float, timeout_s: int, sync_bn: bool,
-             seed: int) -> dict[str, Any]:
+             seed: int, data: str = "digits") -> dict[str, Any]:
     """torchrun with 2 processes x ``batch_size`` vs one process: accumulation of 2 x ``batch_size`` (same micro-
     batches), or with ``sync_bn`` one batch of 2 x ``batch_size`` (same batch statistics)."""
     import torch
 
-    common = {"model": model, "data": "digits", "lr": lr, "base_batch": 256, "warmup_epochs": 0.0, "epochs": 1,
+    common = {"model": model, "data": data, "lr": lr, "base_batch": 256, "warmup_epochs": 0.0, "epochs": 1,
               "max_steps": steps, "seed": seed, "deterministic": True, "device": "cpu", "schedule": "constant",
               "amp": "off"}
     with tempfile.TemporaryDirectory(prefix="convcanon-ddp-") as tmp:
         ddp_dir, single_dir = Path(tmp) / "ddp", Path(tmp) / "single"
-        flags = ["--model", model, "--data", "digits", "--batch-size", str(batch_size), "--lr", str(lr),
+        flags = ["--model", model, "--data", data, "--batch-size", str(batch_size), "--lr", str(lr),
                  "--base-batch", "256", "--warmup-epochs", "0", "--schedule", "constant", "--epochs", "1",
                  "--max-steps", str(steps),
                  "--seed", str(seed), "--deterministic", "--device", "cpu", "--amp", "off", "--no-progress",
