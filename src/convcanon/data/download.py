@@ -23,7 +23,8 @@ extracts with ``tarfile.extractall`` without a filter (before Python 3.14 a memb
 - processes starting together (``torchrun``) download once: the others wait on a lock in the root.
 
 ``$CONVCANON_DATA_MIRROR`` (a base URL, ``http://``, ``https://`` or ``file://``) replaces the public servers, for a
-mirror on a cluster; the tests point it at a loopback server.
+mirror on a cluster; the tests point it at a loopback server. ``$CONVCANON_NO_DOWNLOAD=1`` turns the public servers
+off (the tests set it): a missing file is then the same one-line error at once, instead of after a timeout.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .walk import shown
 
 ROOT_ENV = "CONVCANON_DATA"
 MIRROR_ENV = "CONVCANON_DATA_MIRROR"
+OFFLINE_ENV = "CONVCANON_NO_DOWNLOAD"  # set (not "0"): the public servers are never asked; a mirror still is
 TIMEOUT_S = 60  # a server silent this long (connecting or between two reads) counts as unreachable
 _CHUNK = 1 << 20
 _LOCK_NAME = ".download.lock"
@@ -139,9 +141,9 @@ def fetch(name: str, root: str | os.PathLike[str], *, progress: bool = False,
         if remote.archive:
             _fetch_archive(remote, root, progress, say)
         else:
-            for file, md5 in remote.files:
-                if not _checked(folder / file, md5, remote, root):
-                    _download(remote, file, md5, folder / file, root, progress, say)
+            missing = [(f, md5) for f, md5 in remote.files if not _checked(folder / f, md5, remote, root)]
+            for file, md5 in missing:  # after every file in place is checked: a wrong one stops before any request
+                _download(remote, file, md5, folder / file, root, progress, say)
     return folder
 
 
@@ -230,6 +232,10 @@ def _download(remote: Remote, file: str, md5: str, dest: Path, root: Path, progr
     for stale in dest.parent.glob(f".{dest.name}.*.part"):  # left by a process killed mid-download (we hold the lock)
         stale.unlink(missing_ok=True)
     urls, failures = remote.urls(file), []
+    if os.environ.get(OFFLINE_ENV, "0") not in ("", "0") and not os.environ.get(MIRROR_ENV):
+        raise DownloadError(urls[0], f"{file} of {remote.name} is not in {shown(dest.parent)} and downloads are off "
+                                     f"here ({OFFLINE_ENV} is set): download {urls[0]} elsewhere and put it at "
+                                     f"{shown(dest)} (MD5 {md5}){_by_path(remote, root)}")
     for url in urls:
         say(f"downloading {remote.name}: {url} -> {shown(dest)}")
         try:

@@ -161,7 +161,7 @@ class Run:
         set_deterministic(cfg.deterministic)
         seed_everything(cfg.seed)
         self.data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
-                              progress=cfg.progress and ctx.is_main, decode=cfg.decode)
+                              progress=cfg.progress and ctx.is_main, decode=cfg.decode, data_root=cfg.data_root)
         info = self.data.info
         model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
                             image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere
