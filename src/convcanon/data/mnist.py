@@ -117,11 +117,11 @@ def _split(root: Path, split: str, num_classes: int) -> tuple[torch.Tensor, torc
     images_path, labels_path = _file(root, images_name), _file(root, labels_name)
     images = read_idx(images_path, (None, side, side))
     labels = read_idx(labels_path, (None,))
+    if images.shape[0] == 0:
+        raise ValueError(f"{shown(images_path)} holds no images")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{shown(images_path)} holds {images.shape[0]:,} images but {shown(labels_path)} "
                          f"{labels.shape[0]:,} labels: the two files are not a pair")
-    if images.shape[0] == 0:
-        raise ValueError(f"{shown(images_path)} holds no images")
     outside = labels >= num_classes
     if outside.any():
         raise ValueError(f"{shown(labels_path)}: {int(outside.sum()):,} labels outside 0..{num_classes - 1} (e.g. "
