@@ -159,6 +159,13 @@ def _synthetic(spec: str, arg: str, image_size: int | None, num_classes: int | N
     return DataSpec(spec, "synthetic", None, chans, image_size or side, num_classes or classes)
 
 
+def fetch_data(parsed: DataSpec, *, data_root: str | Path | None = None, progress: bool = False) -> None:
+    """Download what ``parsed`` needs and the data root lacks (a standard set named without a path; nothing for any
+    other spec), checksums verified; ``convcanon train`` calls it before its run directory exists."""
+    if parsed.download:
+        fetch(parsed.kind, resolve_root(data_root), progress=progress)
+
+
 def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
               synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto",
               data_root: str | Path | None = None) -> DataSource:
@@ -177,8 +184,7 @@ def open_data(spec: str, *, image_size: int | None = None, num_classes: int | No
         raise ValueError(f"workers must be 0 or more, got {workers}")
     parsed = parse_data(spec, image_size=image_size, num_classes=num_classes, decode=decode, data_root=data_root)
     named = parsed.kind if parsed.download else None  # what DataInfo.spec records: the name opens it again
-    if parsed.download:
-        fetch(parsed.kind, resolve_root(data_root), progress=progress)
+    fetch_data(parsed, data_root=data_root, progress=progress)
     if parsed.kind == "digits":
         return make_digits(image_size=image_size, num_classes=num_classes)
     if parsed.kind == "synthetic":
