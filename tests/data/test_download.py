@@ -204,7 +204,7 @@ def test_a_file_put_in_the_cache_by_hand_is_used_without_a_request(tmp_path, ser
     assert server.requests == []
 
 
-def test_train_on_a_named_set_downloads_it_and_records_the_name(tmp_path, server, monkeypatch):
+def test_train_downloads_a_named_set_records_the_name_and_resumes_from_a_moved_root(tmp_path, server, monkeypatch):
     import json
 
     serve(monkeypatch, server, "mnist", mnist_files(train=8))
@@ -216,6 +216,10 @@ def test_train_on_a_named_set_downloads_it_and_records_the_name(tmp_path, server
     record = json.loads((out / "run.json").read_text())
     assert record["data"]["spec"] == "mnist" and record["data"]["in_chans"] == 1
     assert len(server.requests) == 4
+    # The cache moves (another machine): the resume is told where, and asks nothing.
+    (tmp_path / "root").rename(tmp_path / "moved")
+    assert main(["train", "--resume", str(out), "--data-root", str(tmp_path / "moved"), "--no-progress"]) == 0
+    assert len(server.requests) == 4 and json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
 # ---- downloads that fail: one line, nothing used -----------------------------------------------------------------

@@ -90,7 +90,7 @@ class TrainConfig:
 # Engineering only; and batch_size / accum_steps so that a run can resume on another number of processes with the
 # same global batch (the loop checks that it is the same).
 RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "decode", "progress", "keep_checkpoints", "log_every",
-                                "max_steps",
+                                "max_steps", "data_root",
                                 "dist_backend", "dist_timeout", "batch_size", "accum_steps"})
 
 
