@@ -368,3 +368,43 @@ def test_the_cifar_recipes_name_the_set_and_parse_without_a_download(tmp_path, s
         assert "cifar10:PATH" not in path.read_text().split("# command:")[1].splitlines()[0], path.name
         assert parse_data(cfg.data, data_root=tmp_path / "root").download
     assert server.requests == [] and not (tmp_path / "root").exists()
+
+
+def test_an_archive_without_the_data_set_or_not_an_archive_is_named(tmp_path, server, monkeypatch, capsys):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        _add(tar, "cifar-10-batches-py/data_batch_1", b"only one file")
+    serve(monkeypatch, server, "cifar10", {"cifar-10-python.tar.gz": buf.getvalue()})
+    root = tmp_path / "root"
+    _refused(capsys, ["scan", "--data", "cifar10", "--data-root", str(root)], 2,
+             "does not hold cifar-10-batches-py/ with data_batch_2, ", "delete it to download it again")
+    assert entries(root) == ["cifar-10-python.tar.gz"]  # nothing half-extracted under the final name
+    (root / "cifar-10-python.tar.gz").unlink()
+    serve(monkeypatch, server, "cifar10", {"cifar-10-python.tar.gz": b"plain bytes, no archive"})
+    _refused(capsys, ["scan", "--data", "cifar10", "--data-root", str(root)], 2,
+             "cifar-10-python.tar.gz is not a readable .tar.gz archive")
+
+
+def test_an_incomplete_extracted_folder_is_named_before_any_download(tmp_path, server, monkeypatch, capsys):
+    serve(monkeypatch, server, "cifar10", {"cifar-10-python.tar.gz": cifar10_archive()})
+    (tmp_path / "root" / "cifar-10-batches-py").mkdir(parents=True)
+    (tmp_path / "root" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
+    _refused(capsys, ["scan", "--data", "cifar10", "--data-root", str(tmp_path / "root")], 2,
+             "cifar-10-batches-py lacks data_batch_2, ", "remove that folder")
+    assert server.requests == []
+
+
+def test_scan_takes_a_folder_or_a_data_spec(tmp_path, capsys):
+    assert main(["scan"]) == 2 and "one of the two" in capsys.readouterr().err
+    assert main(["scan", str(tmp_path), "--data", "cifar10"]) == 2 and "one of the two" in capsys.readouterr().err
+    assert main(["scan", "--data", "digits"]) == 2 and "nothing to scan" in capsys.readouterr().err
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name, data in mnist_files().items():
+        (folder / name).write_bytes(data)
+    assert main(["scan", "--data", f"fashion-mnist:{folder}", "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert (report["data"], report["train_images"], report["class_names"][9], report["ok"]) == (
+        "fashion-mnist", 6, "Ankle boot", True)

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "does before step 1: every file is decoded in full; truncated, corrupt, empty and non-image\n"
                     "files are listed with their path and reason, and so are symlink loops, dangling links and\n"
                     "unreadable entries. Hidden files and folders (.name) are ignored. Names are printed escaped\n"
-                    "(a newline as \\n); --json gives them exactly.",
+                    "(a newline as \\n); --json gives them exactly. With --data, a CIFAR or MNIST-style set (named:\n"
+                    "downloaded first if missing, checksums verified) is read and checked as training reads it.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

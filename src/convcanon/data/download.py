@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import hashlib
 import os
 import shutil
@@ -39,12 +40,13 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from ..io import WriteError, refused_write
+from ..io import refused_write
 from .walk import shown
 
 ROOT_ENV = "CONVCANON_DATA"
@@ -331,23 +333,30 @@ def extract_tar(archive: Path, root: Path, folder: str, expected: tuple[str, ...
             members = tar.getmembers()
             for member in members:
                 check_member(archive, member)
-            with refused_write(root):
-                tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{Path(folder).name}.", suffix=".extracting"))
-            try:
-                with refused_write(tmp):
-                    if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.8.17+ to 3.11.4+ backports
-                        tar.extractall(tmp, members=members, filter="data")
-                    else:
-                        tar.extractall(tmp, members=members)
-                lacks = [f for f in expected if not (tmp / folder / f).is_file()]
-                if lacks:
-                    raise ValueError(f"{shown(archive)} does not hold {folder}/ with {', '.join(lacks)}")
-                os.replace(tmp / folder, root / folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    except (tarfile.TarError, EOFError, OSError) as err:
-        if isinstance(err, WriteError):
-            raise
+            _extract(tar, members, archive, root, folder, expected)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ValueError(f"{shown(archive)} is not a readable .tar.gz archive ({type(err).__name__}: "
                          f"{shown(str(err))[:200]}): delete it to download it again") from None
     return root / folder
+
+
+def _extract(tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path, root: Path, folder: str,
+             expected: tuple[str, ...]) -> None:
+    with refused_write(root):
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{Path(folder).name}.", suffix=".extracting"))
+    try:
+        with refused_write(tmp):
+            if hasattr(tarfile, "data_filter"):  # Python 3.12, and the 3.8.17+ to 3.11.4+ backports
+                tar.extractall(tmp, members=members, filter="data")
+            else:
+                tar.extractall(tmp, members=members)
+        lacks = [f for f in expected if not (tmp / folder / f).is_file()]
+        if lacks:
+            raise ValueError(f"{shown(archive)} does not hold {folder}/ with {', '.join(lacks)}: delete it to "
+                             "download it again")
+        target = root / folder
+        if all((target / f).is_file() for f in expected):
+            return  # another process finished first (a file system without flock, where the lock is advisory only)
+        os.replace(tmp / folder, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
