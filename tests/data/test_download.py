@@ -408,3 +408,26 @@ def test_scan_takes_a_folder_or_a_data_spec(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert (report["data"], report["train_images"], report["class_names"][9], report["ok"]) == (
         "fashion-mnist", 6, "Ankle boot", True)
+
+
+def test_a_file_url_mirror_serves_too(tmp_path, monkeypatch):
+    files = mnist_files()
+    (tmp_path / "mirror").mkdir()
+    for name, data in files.items():
+        (tmp_path / "mirror" / name).write_bytes(data)
+    sums = tuple((f, md5(files[f])) for f, _ in REMOTES["mnist"].files)
+    monkeypatch.setitem(REMOTES, "mnist", dataclasses.replace(REMOTES["mnist"], files=sums))
+    monkeypatch.setenv(download.MIRROR_ENV, (tmp_path / "mirror").as_uri())  # no trailing slash: joined with one
+    assert open_data("mnist", data_root=tmp_path / "root", progress=False).info.train_size == 6
+
+
+def test_the_next_mirror_is_tried_when_one_fails(tmp_path, server, monkeypatch):
+    files = mnist_files()
+    serve(monkeypatch, server, "mnist", files)
+    base = os.environ[download.MIRROR_ENV]
+    monkeypatch.delenv(download.MIRROR_ENV)
+    monkeypatch.setenv(download.OFFLINE_ENV, "0")
+    server.files = {f"b/{name}": data for name, data in files.items()}  # the first mirror answers 404
+    monkeypatch.setitem(REMOTES, "mnist", dataclasses.replace(REMOTES["mnist"], mirrors=(f"{base}a/", f"{base}b/")))
+    assert open_data("mnist", data_root=tmp_path / "root", progress=False).info.test_size == 4
+    assert server.requests[:2] == ["/a/train-images-idx3-ubyte.gz", "/b/train-images-idx3-ubyte.gz"]
