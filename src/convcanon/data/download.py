@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from ..io import refused_write
+from ..io import WriteError, refused_write
 from .walk import shown
 
 ROOT_ENV = "CONVCANON_DATA"
@@ -291,7 +291,9 @@ def _stream(url: str, out, dest: Path, progress: bool) -> tuple[int, int | None,
         raise _Failed(f"{err.reason}") from None
     except HTTPException as err:  # IncompleteRead, a malformed response
         raise _Failed(f"the transfer stopped after {received:,} bytes ({type(err).__name__})") from None
-    except (TimeoutError, ConnectionError) as err:
+    except WriteError:  # the disk refused the .part file: not a network failure, and named as such
+        raise
+    except OSError as err:  # a timeout, a reset connection, a TLS failure
         raise _Failed(f"the transfer stopped after {received:,} bytes ({err or type(err).__name__})") from None
     return received, length, digest.hexdigest()
 
