@@ -143,9 +143,9 @@ def fetch(name: str, root: str | os.PathLike[str], *, progress: bool = False,
         if remote.archive:
             _fetch_archive(remote, root, progress, say)
         else:
-            missing = [(f, md5) for f, md5 in remote.files if not _checked(folder / f, md5, remote, root)]
+            missing = [(f, md5) for f, md5 in remote.files if not _checked(folder / f, md5, remote)]
             for file, md5 in missing:  # after every file in place is checked: a wrong one stops before any request
-                _download(remote, file, md5, folder / file, root, progress, say)
+                _download(remote, file, md5, folder / file, progress, say)
     return folder
 
 
@@ -160,10 +160,10 @@ def _in_place(root: Path, remote: Remote) -> bool:
     """Every file of a non-archive set in place with its published MD5 (a wrong one is an error, not a download)."""
     folder = root / remote.folder
     present = [(folder / f).is_file() for f, _ in remote.files]
-    return all(present) and all(_checked(folder / f, md5, remote, root) for f, md5 in remote.files)
+    return all(present) and all(_checked(folder / f, md5, remote) for f, md5 in remote.files)
 
 
-def _checked(path: Path, md5: str, remote: Remote, root: Path) -> bool:
+def _checked(path: Path, md5: str, remote: Remote) -> bool:
     """True when ``path`` is there with the published MD5; False when absent; ValueError when it differs."""
     if not path.is_file():
         return False
@@ -171,7 +171,7 @@ def _checked(path: Path, md5: str, remote: Remote, root: Path) -> bool:
     if found != md5:
         raise ValueError(f"{shown(path)} has MD5 {found}, not the published {md5} of {remote.name} (a damaged or "
                          f"different file): delete it to download it again, or replace it with "
-                         f"{remote.urls(path.name)[0]}{_by_path(remote, root)}")
+                         f"{remote.urls(path.name)[0]}{_by_path(remote)}")
     return True
 
 
@@ -183,7 +183,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _by_path(remote: Remote, root: Path) -> str:
+def _by_path(remote: Remote) -> str:
     """How to use a copy the user already has, as the end of an error message."""
     if remote.archive:
         return f", or pass --data {remote.name}:PATH naming an extracted {remote.folder}/ folder"
@@ -199,8 +199,8 @@ def _fetch_archive(remote: Remote, root: Path, progress: bool, say: Callable[[st
     if missing is not None:
         raise ValueError(f"{shown(folder)} lacks {', '.join(missing)}: remove that folder, and {remote.name} is "
                          f"extracted again from {file} (downloaded first if it is not in {shown(root)})")
-    if not _checked(archive, md5, remote, root):
-        _download(remote, file, md5, archive, root, progress, say)
+    if not _checked(archive, md5, remote):
+        _download(remote, file, md5, archive, progress, say)
     extract_tar(archive, root, remote.folder, remote.expected)
 
 
@@ -225,7 +225,7 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _download(remote: Remote, file: str, md5: str, dest: Path, root: Path, progress: bool,
+def _download(remote: Remote, file: str, md5: str, dest: Path, progress: bool,
               say: Callable[[str], None]) -> None:
     """``file`` from the first mirror that serves it with the published MD5, to ``dest`` (renamed into place only
     then); DownloadError naming every URL tried and what to do by hand when none does."""
@@ -237,7 +237,7 @@ def _download(remote: Remote, file: str, md5: str, dest: Path, root: Path, progr
     if os.environ.get(OFFLINE_ENV, "0") not in ("", "0") and not os.environ.get(MIRROR_ENV):
         raise DownloadError(urls[0], f"{file} of {remote.name} is not in {shown(dest.parent)} and downloads are off "
                                      f"here ({OFFLINE_ENV} is set): download {urls[0]} elsewhere and put it at "
-                                     f"{shown(dest)} (MD5 {md5}){_by_path(remote, root)}")
+                                     f"{shown(dest)} (MD5 {md5}){_by_path(remote)}")
     for url in urls:
         say(f"downloading {remote.name}: {url} -> {shown(dest)}")
         try:
@@ -248,7 +248,7 @@ def _download(remote: Remote, file: str, md5: str, dest: Path, root: Path, progr
     why = failures[0][1] if len(failures) == 1 else "; ".join(f"{url}: {reason}" for url, reason in failures)
     raise DownloadError(urls[0], f"could not download {file} of {remote.name} ({why}); no network here? download "
                                  f"{urls[0]} elsewhere and put it at {shown(dest)} (MD5 {md5})"
-                                 f"{_by_path(remote, root)}")
+                                 f"{_by_path(remote)}")
 
 
 class _Failed(Exception):
