@@ -1,11 +1,17 @@
 """Shared test settings: deterministic, single-threaded-friendly, never a download."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
-os.environ.setdefault("CONVCANON_NO_DOWNLOAD", "1")
+os.environ.setdefault("CONVCANON_NO_DOWNLOAD", "1")  # named data sets: the public servers are never asked
+# ... and never the user's cache: a run on a named set reads (and a test's mirror fills) a folder of this session.
+os.environ["CONVCANON_DATA"] = tempfile.mkdtemp(prefix="convcanon-test-data-")
+atexit.register(shutil.rmtree, os.environ["CONVCANON_DATA"], True)
 
 
 @pytest.fixture(autouse=True)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, compile=args.compile,
         activation_checkpointing=args.activation_checkpointing, deterministic=args.deterministic,
         device=args.device, threads=args.threads, baseline=args.baseline, data=args.data, workers=args.workers,
-        decode=args.decode, windows=args.windows,
+        data_root=args.data_root, decode=args.decode, windows=args.windows,
         steps=args.steps, window_seconds=args.window_seconds, warmup=args.warmup, inference=args.inference,
         memory=args.memory, peak=args.peak,
     )  # fmt: skip

@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run directory, .pt checkpoint or .safetensors")
-    add_shared_flags(p, ("data", "image_size", "batch_size", "amp", "device"), {
+    add_shared_flags(p, ("data", "data_root", "image_size", "batch_size", "amp", "device"), {
         "data": FlagOverride(default=None, default_text="the run's"),
+        "data_root": FlagOverride(note="not given: the run's, else as train"),
         "image_size": FlagOverride(default_text="the run's"),
         "batch_size": FlagOverride(default=256, default_text="256: evaluation keeps no activations for backward"),
         "amp": FlagOverride(default=None, default_text="the run's setting, resolved on this device as in training"),
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.evaluate_cli import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(
-        Path(args.checkpoint), data=args.data, image_size=args.image_size, batch_size=args.batch_size,
+        Path(args.checkpoint), data=args.data, data_root=args.data_root, image_size=args.image_size,
+        batch_size=args.batch_size,
         device=args.device, amp=args.amp,
     )  # fmt: skip
     plot = _plot_path(args.plot, evaluation.out_dir)

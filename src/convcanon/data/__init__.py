@@ -1,4 +1,5 @@
-"""Data sets for training: the embedded digits, synthetic images, CIFAR-10/100 folders and ImageFolder trees.
+"""Data sets for training: the embedded digits, synthetic images, CIFAR-10/100 and MNIST / Fashion-MNIST (by name,
+downloaded once into a data root: ``download``; or from a folder) and ImageFolder trees.
 
 ``open_data(spec)`` returns a ``DataSource``; every source yields normalized float32 batches on the requested device in
 the order defined in ``convcanon.data.base`` (one permutation per epoch, exact rank slices, stateless augmentation),
@@ -22,16 +23,18 @@ from .base import (
     shard_range,
 )
 from .cifar import make_cifar
+from .download import DownloadError, data_root
 from .images import load_rgb
 from .memory import InMemorySource, make_digits, make_synthetic
+from .mnist import make_mnist
 from .scan import BadDataError, BadFile, ScanReport, scan_folder
-from .spec import SPEC_FORMS, DataSpec, open_data, parse_data
+from .spec import SPEC_FORMS, DataSpec, fetch_data, open_data, parse_data
 
 __all__ = [
-    "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "FolderSource", "InMemorySource",
-    "SPEC_FORMS", "ScanReport", "crop_flip", "derive_seed", "epoch_permutation", "folder_from_report", "load_rgb",
-    "make_cifar", "make_digits", "make_folder", "make_synthetic", "num_train_batches", "open_data", "parse_data",
-    "rank_slice", "scan_folder", "shard_range",
+    "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "DownloadError", "FolderSource",
+    "InMemorySource", "SPEC_FORMS", "ScanReport", "crop_flip", "data_root", "derive_seed", "epoch_permutation",
+    "fetch_data", "folder_from_report", "load_rgb", "make_cifar", "make_digits", "make_folder", "make_mnist",
+    "make_synthetic", "num_train_batches", "open_data", "parse_data", "rank_slice", "scan_folder", "shard_range",
 ]
 
 

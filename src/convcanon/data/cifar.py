@@ -189,9 +189,10 @@ def _class_names(root: Path, layout: Layout) -> tuple[str, ...]:
     return classes
 
 
-def make_cifar(name: str, path: str | Path, *, image_size: int | None = None,
-               num_classes: int | None = None) -> InMemorySource:
-    """CIFAR-10 or CIFAR-100 in memory, augmented as in the ResNet paper (4.2): pad 4, random 32 crop, flip."""
+def make_cifar(name: str, path: str | Path, *, image_size: int | None = None, num_classes: int | None = None,
+               spec: str | None = None) -> InMemorySource:
+    """CIFAR-10 or CIFAR-100 in memory, augmented as in the ResNet paper (4.2): pad 4, random 32 crop, flip.
+    ``spec`` is what ``DataInfo.spec`` records (default ``name:FOLDER``)."""
     layout = LAYOUTS[name]
     size = 32 if image_size is None else image_size
     check_side(size)
@@ -212,6 +213,6 @@ def make_cifar(name: str, path: str | Path, *, image_size: int | None = None,
     info = DataInfo(
         name=name, num_classes=n_classes, classes=classes, in_chans=3, image_size=size,
         train_size=len(train[1]), test_size=len(test[1]), mean=mean, std=std, source=str(root.absolute()),
-        spec=f"{name}:{root.absolute()}", augment=augment.describe(size),
+        spec=spec or f"{name}:{root.absolute()}", augment=augment.describe(size),
     )
     return InMemorySource(info, train, test, augment)

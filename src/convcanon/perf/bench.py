@@ -64,6 +64,7 @@ class BenchConfig:
     baseline: bool = False
     data: str | None = None  # a --data spec: add the end-to-end subject fed by the real data path
     workers: int = 2  # DataLoader workers for folder data (as convcanon train's --workers)
+    data_root: str | None = None  # where a named standard set is downloaded (as convcanon train's --data-root)
     decode: str = "auto"  # folder data: auto | cpu | gpu (JPEG decoding on the GPU; data/folder.py)
     windows: int = 5
     steps: int | None = None  # steps per window; None = enough for about window_seconds
@@ -266,7 +267,8 @@ def _open_data(cfg: BenchConfig):
         return None
     from ..data import open_data
 
-    return open_data(cfg.data, image_size=cfg.image_size, workers=cfg.workers, decode=cfg.decode, progress=False)
+    return open_data(cfg.data, image_size=cfg.image_size, workers=cfg.workers, decode=cfg.decode, progress=False,
+                     data_root=cfg.data_root)
 
 
 def _build_subjects(cfg: BenchConfig, device: torch.device, say: Say, only: str | None = None,

@@ -33,7 +33,8 @@ class TrainConfig:
     # what to train
     model: str = "resnet20"
     model_options: dict[str, Any] = field(default_factory=dict)  # the zoo's idea switches, e.g. {"residual": False}
-    data: str = "digits"  # digits | synthetic[:C:S:K] | cifar10:PATH | cifar100:PATH | folder:PATH
+    data: str = "digits"  # digits | synthetic[:C:S:K] | cifar10[:PATH] | cifar100[:PATH] | mnist[:PATH] | folder:PATH
+    data_root: str | None = None  # where named standard sets are downloaded (None: $CONVCANON_DATA or the user cache)
     image_size: int | None = None  # input side for file data (default 224) or a resize of in-memory data
     skip_bad: bool = False  # leave undecodable files out (still fails above 1% bad)
     workers: int = 2  # DataLoader worker processes for file data
@@ -92,7 +93,7 @@ class TrainConfig:
 # Engineering only; and batch_size / accum_steps so that a run can resume on another number of processes with the
 # same global batch (the loop checks that it is the same).
 RESUME_OVERRIDABLE = frozenset({"epochs", "workers", "decode", "progress", "keep_checkpoints", "log_every",
-                                "max_steps",
+                                "max_steps", "data_root",
                                 "dist_backend", "dist_timeout", "batch_size", "accum_steps"})
 
 
@@ -268,8 +269,10 @@ _FLAG_HELP = {
     "head_lr_mult": "the head's learning rate is --lr x this (fine-tuning)",
     "model": "a model of the zoo (`convcanon models` lists them)",
     "model_options": "a model idea switch, repeatable (e.g. residual=false, activation=tanh, dropout=0.2)",
-    "data": "the data set: digits, synthetic[:C[:S[:K]]], cifar10:PATH, cifar100:PATH, folder:PATH or PATH (an "
-            "ImageFolder tree)",
+    "data": "the data set: digits, synthetic[:C[:S[:K]]], cifar10, cifar100, mnist, fashion-mnist (downloaded once "
+            "into --data-root), NAME:PATH for a copy of one of those, folder:PATH or PATH (an ImageFolder tree)",
+    "data_root": "where --data cifar10, cifar100, mnist and fashion-mnist are downloaded once and read from (not "
+                 "given: $CONVCANON_DATA, else $XDG_CACHE_HOME/convcanon/data or ~/.cache/convcanon/data)",
     "batch_size": "images per device in each step (a micro-batch under --accum-steps); the global batch is this x "
                   "processes x --accum-steps",
     "optimizer": "sgd (Nesterov momentum) or adamw",
@@ -292,7 +295,7 @@ _FLAG_HELP = {
 
 # The groups of flags other commands share with train (``add_shared_flags``).
 MODEL_FLAGS = ("model", "model_options")
-DATA_FLAGS = ("data", "image_size", "workers", "decode")
+DATA_FLAGS = ("data", "data_root", "image_size", "workers", "decode")
 ENGINE_FLAGS = ("amp", "channels_last", "compile", "deterministic", "device")
 
 _TRAIN_DEFAULT: Any = object()

@@ -70,7 +70,8 @@ class CheckpointEvaluation:
 
 
 def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int | None = None,
-                        batch_size: int = 256, device: str = "auto", amp: str | None = None) -> CheckpointEvaluation:
+                        batch_size: int = 256, device: str = "auto", amp: str | None = None,
+                        data_root: str | None = None) -> CheckpointEvaluation:
     """Evaluate the weights at ``path`` (a run directory, a checkpoint or a run's safetensors file) with the model and
     data settings of their run. ``amp`` None: the run's own setting (``auto`` resolves on this device as training did),
     so that on the machine that trained, the figures are the ones training logged."""
@@ -80,7 +81,8 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int 
     weights, cfg, out_dir = _load(path)
     spec = data or cfg["data"]
     source = open_data(spec, image_size=image_size or cfg.get("image_size"), workers=cfg.get("workers", 2),
-                       decode=cfg.get("decode", "auto"), progress=False)
+                       decode=cfg.get("decode", "auto"), progress=False,
+                       data_root=data_root or cfg.get("data_root"))
     info = source.info
     options = dict(cfg.get("model_options") or {})
     if "in_chans" in model_options(cfg["model"]):

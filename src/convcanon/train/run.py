@@ -10,6 +10,7 @@ the run directory claimed (or the newest valid checkpoint found); seeds; the dat
 every process); the engine's choices; the plan (global batch, scaled LR, warmup); the model placed by the strategy;
 the checkpoint's state restored; the run's files written and its plan printed; then epochs of steps, each epoch
 ending in an exact evaluation and a checkpoint; last the final weights (``model.safetensors``) and ``summary.json``.
+A standard set named without a path (``--data cifar10``) is downloaded before the run directory is claimed.
 """
 
 from __future__ import annotations
@@ -80,14 +81,18 @@ class Run:
             print(msg, file=self.out_stream, flush=True)
 
     def execute(self) -> RunResult:
+        from ..data import fetch_data
         from ..data.scan import BadDataError
 
         t_start = time.perf_counter()
-        check_settings(self.cfg)  # before anything is created, opened or written
+        data_spec = check_settings(self.cfg)  # before anything is created, opened or written
         self.strategy.check(self.cfg)
         self.ctx = self.strategy.setup(self.cfg)
         self.lock: RunLock | None = None
         try:
+            # A standard set named without a path is downloaded (once) before the run directory exists: offline,
+            # the error leaves nothing behind.
+            fetch_data(data_spec, data_root=self.cfg.data_root, progress=self.cfg.progress and self.ctx.is_main)
             self._claim_run_dir()
             if self.finished is not None:
                 return self._already_finished()
@@ -162,7 +167,7 @@ class Run:
         set_deterministic(cfg.deterministic)
         seed_everything(cfg.seed)
         self.data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
-                              progress=cfg.progress and ctx.is_main, decode=cfg.decode)
+                              progress=cfg.progress and ctx.is_main, decode=cfg.decode, data_root=cfg.data_root)
         info = self.data.info
         model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
                             image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere

@@ -48,7 +48,7 @@ def check_settings(cfg: TrainConfig, where: str = "config") -> DataSpec:
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     if cfg.amp != "auto":  # auto resolves to what the device has: never an error
         resolve_amp(cfg.amp, device)
-    data = parse_data(cfg.data, image_size=cfg.image_size, decode=cfg.decode)
+    data = parse_data(cfg.data, image_size=cfg.image_size, decode=cfg.decode, data_root=cfg.data_root)
     check_model(cfg, data)
     check_freeze(cfg.freeze)
     if cfg.init is not None:
