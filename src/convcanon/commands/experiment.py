@@ -47,7 +47,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", metavar="SPEC",
                    help="digits (the default: the 8x8 digits experiments), cifar10:PATH or cifar100:PATH (the papers' "
                    "CIFAR protocols: He et al. Table 6, AlexNet Fig. 1, and the ideas at 32x32), folder:PATH (Table "
-                   "6's protocol on an ImageFolder tree); mnist has no loader yet")
+                   "6's protocol on an ImageFolder tree)")
     p.add_argument("--seed", type=int, default=0, help="first seed; experiments with n seeds use seed..seed+n-1")
     p.add_argument("--force", action="store_true", help="recompute everything instead of reading the cache")
     p.add_argument("--jobs", type=int, default=None,

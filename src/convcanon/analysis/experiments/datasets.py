@@ -18,11 +18,9 @@ from typing import Any
 
 DEFAULT_DATA = "digits"
 DIGITS_ONLY: dict[str, int] = {"digits": 8}
-# Data sets that the data layer does not load yet: a clear refusal instead of "unknown data set".
-NOT_YET = {"mnist": "MNIST has no loader in convcanon's data layer yet (it arrives with the standard-data-sets issue)",
-           "fashion-mnist": "Fashion-MNIST has no loader in convcanon's data layer yet"}
 NAMES = {"digits": "the embedded 8x8 handwritten digits of scikit-learn", "cifar10": "CIFAR-10",
-         "cifar100": "CIFAR-100", "folder": "an ImageFolder tree", "synthetic": "synthetic random images"}
+         "cifar100": "CIFAR-100", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "folder": "an ImageFolder tree",
+         "synthetic": "synthetic random images"}
 FINGERPRINT_BYTES = 1 << 16  # the first 64 KiB of each file, with every file's size: cheap, and tells sets apart
 
 
@@ -32,12 +30,9 @@ def supported(mod: Any) -> dict[str, int]:
 
 
 def parse(spec: str):
-    """``spec`` read by the data layer (no file opened), with the data sets it does not load yet refused by name."""
+    """``spec`` read by the data layer (no file opened)."""
     from ...data.spec import parse_data
 
-    name = spec.partition(":")[0].lower()
-    if name in NOT_YET:
-        raise ValueError(f"--data {spec}: {NOT_YET[name]}; use digits, cifar10:PATH, cifar100:PATH or folder:PATH")
     return parse_data(spec)
 
 
@@ -58,8 +53,12 @@ def check_supported(mod: Any, spec: str) -> str:
 @lru_cache(maxsize=16)
 def data_identity(spec: str) -> str:
     """What identifies the data in a cache key: the kind, and for data on disk a hash of its files' names, sizes and
-    first bytes (never the path, so that caches from several machines can be merged)."""
+    first bytes (never the path, so that caches from several machines can be merged). A standard set named without a
+    path is downloaded first (once, into the data root)."""
+    from ...data.spec import fetch_data
+
     parsed = parse(spec)
+    fetch_data(parsed)
     if parsed.path is None:
         return parsed.spec
     root = Path(parsed.path)
