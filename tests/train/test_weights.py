@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import pytest
@@ -113,14 +114,21 @@ def test_the_eval_transform_follows_the_record():
     assert eval_transform(rgb)(Image.new("L", (100, 50))).shape == (3, 32, 32)
 
 
-def test_a_run_records_its_weights_and_loads_from_every_form(tmp_path):
+@pytest.fixture(scope="module")
+def tanh_run(tmp_path_factory):
+    """One epoch of the main job with a non-default option."""
     from convcanon.train.config import TrainConfig
     from convcanon.train.run import train
 
-    run = tmp_path / "run"
-    cfg = TrainConfig(epochs=1, batch_size=128, out=str(run), progress=False,
-                      model_options={"activation": "tanh"}, checkpoint_every=0)
-    train(cfg, out_stream=open("/dev/null", "w"))
+    run = tmp_path_factory.mktemp("weights") / "run"
+    with open(os.devnull, "w") as quiet:
+        train(TrainConfig(epochs=1, batch_size=128, out=str(run), progress=False,
+                          model_options={"activation": "tanh"}), out_stream=quiet)
+    return run
+
+
+def test_a_run_records_its_weights_and_loads_from_every_form(tanh_run):
+    run = tanh_run
     finished = read_weights(run)
     assert finished.path.name == "model.safetensors" and not finished.assumed
     rec = finished.record
@@ -131,3 +139,17 @@ def test_a_run_records_its_weights_and_loads_from_every_form(tmp_path):
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(load_model(run)(x), load_model(checkpoint)(x))
+
+
+def test_eval_needs_nothing_but_the_weights_file(tanh_run, tmp_path):
+    import shutil
+
+    from convcanon.train.evaluate_cli import evaluate_checkpoint
+
+    run = tanh_run
+    alone = tmp_path / "elsewhere" / "model.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(run / "model.safetensors", alone)
+    beside = evaluate_checkpoint(run / "model.safetensors", device="cpu", amp="off")
+    only = evaluate_checkpoint(alone, device="cpu", amp="off")
+    assert only.metrics == beside.metrics and only.model == "resnet20"  # the record rebuilt the tanh model

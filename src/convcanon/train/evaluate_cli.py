@@ -35,9 +35,18 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
         raise FileNotFoundError(f"--checkpoint {path}: no checkpoints/ or model.safetensors in this directory")
     if path.suffix == ".safetensors":
         cfg_path = path.parent / "config.yaml"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"--checkpoint {path}: needs the run's config.yaml beside it ({cfg_path})")
-        return ckpt.load_safetensors(path), load_yaml(cfg_path), path.parent
+        if cfg_path.exists():
+            return ckpt.load_safetensors(path), load_yaml(cfg_path), path.parent
+        from .weights import read_weights
+
+        weights = read_weights(path)  # a weights file on its own: its record says the model and the data
+        if weights.assumed:
+            raise FileNotFoundError(f"--checkpoint {path}: written by an older convcanon, it needs the run's "
+                                    f"config.yaml beside it ({cfg_path})")
+        rec = weights.record
+        options = {k: v for k, v in rec["options"].items() if k != "in_chans"}
+        return weights.state, {"model": rec["model"], "model_options": options, "data": rec["data"],
+                               "image_size": rec["preprocessing"]["crop"]}, path.parent
     state = ckpt.load_checkpoint(path)
     return state["model"], state["config"], path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
