@@ -19,6 +19,7 @@ from .cifar import LAYOUTS, find_folder, make_cifar
 from .decode import check_decode
 from .images import DEFAULT_IMAGE_SIZE
 from .memory import DIGITS_SHAPE, check_num_classes, make_digits, make_synthetic
+from .recipe import AugmentOptions
 from .scan import tree_classes
 
 SPEC_FORMS = """accepted data specs:
@@ -131,7 +132,8 @@ def _synthetic(spec: str, arg: str, image_size: int | None, num_classes: int | N
 
 
 def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
-              synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto") -> DataSource:
+              synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto",
+              augment: AugmentOptions | None = None, ra_reps: int = 1, cache: str = "stream") -> DataSource:
     """Open the data set named by ``spec``: what :func:`parse_data` finds (with ``image_size``, ``num_classes`` and
     ``decode`` checked there), opened.
 
@@ -140,19 +142,23 @@ def open_data(spec: str, *, image_size: int | None = None, num_classes: int | No
     ``synthetic_size`` is the synthetic training-set size (test: a quarter); ``workers`` are DataLoader and scan
     processes for folder data; ``progress`` shows the scan's progress bar; ``decode`` ("auto" | "cpu" | "gpu") is
     where folder data's JPEGs are decoded (``folder`` module docstring; "gpu" is an error for other data and without
-    CUDA).
+    CUDA); ``augment``: the augmentation asked for (``recipe.AugmentOptions``; not given: the data set's defaults);
+    ``ra_reps``: repeated augmentation (``base.epoch_order``); ``cache``: folder data held in memory ("auto" |
+    "memory" | "stream", ``folder_cache``).
     """
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
     parsed = parse_data(spec, image_size=image_size, num_classes=num_classes, decode=decode)
     if parsed.kind == "digits":
-        return make_digits(image_size=image_size, num_classes=num_classes)
+        return make_digits(image_size=image_size, num_classes=num_classes, augment=augment, ra_reps=ra_reps)
     if parsed.kind == "synthetic":
         return make_synthetic(in_chans=parsed.in_chans, image_size=parsed.image_size, num_classes=parsed.num_classes,
-                              size=synthetic_size)
+                              size=synthetic_size, augment=augment, ra_reps=ra_reps)
     if parsed.kind in LAYOUTS:
-        return make_cifar(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes)
+        return make_cifar(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes, augment=augment,
+                          ra_reps=ra_reps)
     from .folder import make_folder  # here: torchvision takes seconds to import and only folder data needs it
 
     return make_folder(parsed.path, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
-                       workers=workers, progress=progress, decode=decode)
+                       workers=workers, progress=progress, decode=decode, augment=augment, ra_reps=ra_reps,
+                       cache=cache)

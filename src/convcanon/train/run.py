@@ -156,12 +156,15 @@ class Run:
     def _build(self) -> None:
         """Seeds, data, model, engine, plan, placement, and the checkpoint's state when resuming."""
         from ..data import open_data
+        from ..data.recipe import AugmentOptions
 
         cfg, ctx, state = self.cfg, self.ctx, self.state
         set_deterministic(cfg.deterministic)
         seed_everything(cfg.seed)
         self.data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
-                              progress=cfg.progress and ctx.is_main, decode=cfg.decode)
+                              progress=cfg.progress and ctx.is_main, decode=cfg.decode,
+                              augment=AugmentOptions.from_mapping(to_dict(cfg)), ra_reps=cfg.ra_reps,
+                              cache=cfg.data_cache)
         info = self.data.info
         model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
                             image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere
@@ -192,6 +195,7 @@ class Run:
                  f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device "
                  f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
         self.say(plan.describe())
+        self.say(describe_recipe(info))
         for line in [*self.engine.describe(), *lines]:
             self.say(line)
         resumed = self.state is not None
@@ -356,6 +360,20 @@ class Run:
             why = f" (--max-steps {self.cfg.max_steps})" if self.cfg.max_steps else ""
             self.say(f"stopped at step {self.step}{why} after {seconds:.1f} s; continue with: convcanon train --resume "
                      f"{run_dir}")
+
+
+def describe_recipe(info) -> str:
+    """The plan's augmentation line: what the data set resolved (``DataInfo.recipe``), defaults included."""
+    r = info.recipe
+    if not r:
+        return f"augmentation: {info.augment or 'none'}"
+    reps = f"; repeated augmentation x{r['ra_reps']}" if r.get("ra_reps", 1) > 1 else ""
+    cache = f"; folder data {r['cache']}" if "cache" in r else ""
+    norm = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(r["mean"], r["std"], strict=True))
+    evaluation = (f"{r['val_crop']} px" if r["val_resize"] == r["val_crop"] else
+                  f"resize {r['val_resize']} + center crop {r['val_crop']}")
+    return (f"augmentation: {info.augment}{reps}; eval: {evaluation}; "
+            f"normalize mean/std {norm}{cache}")
 
 
 def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
