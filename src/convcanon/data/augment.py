@@ -88,7 +88,8 @@ class BatchRecipe:
         from torchvision.transforms import v2
 
         self.recipe, self.side = recipe, side
-        interp = getattr(v2.InterpolationMode, recipe.interpolation.upper())
+        # torchvision's policies take nearest or bilinear on tensors (bicubic only on PIL images)
+        interp = v2.InterpolationMode.NEAREST if recipe.interpolation == "nearest" else v2.InterpolationMode.BILINEAR
         self.policy = {"none": None, "trivialaugment": v2.TrivialAugmentWide(interpolation=interp),
                        "randaugment": v2.RandAugment(interpolation=interp),
                        "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interp)}[recipe.aa]

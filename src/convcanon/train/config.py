@@ -344,6 +344,8 @@ _FLAG_HELP.update({
 # The groups of flags other commands share with train (``add_shared_flags``).
 MODEL_FLAGS = ("model", "model_options")
 DATA_FLAGS = ("data", "image_size", "workers", "decode")
+AUGMENT_FLAGS = ("hflip", "scale", "ratio", "pad", "interpolation", "aa", "reprob", "mean", "std", "train_crop_size",
+                 "val_resize_size", "val_crop_size", "ra_reps", "data_cache")
 ENGINE_FLAGS = ("amp", "channels_last", "compile", "deterministic", "device")
 
 _TRAIN_DEFAULT: Any = object()
