@@ -348,6 +348,7 @@ class Run:
         ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata={
             "model": self.cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
             "classes": json.dumps(list(info.classes)), "convcanon": __version__,
+            "preprocess": json.dumps(preprocess(info)),
         })  # fmt: skip
         atomic_write_json(run_dir / "summary.json", {
             "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
@@ -360,6 +361,13 @@ class Run:
             why = f" (--max-steps {self.cfg.max_steps})" if self.cfg.max_steps else ""
             self.say(f"stopped at step {self.step}{why} after {seconds:.1f} s; continue with: convcanon train --resume "
                      f"{run_dir}")
+
+
+def preprocess(info) -> dict[str, Any]:
+    """The fixed preprocessing of the weights' inputs (the evaluation's), saved in model.safetensors' metadata."""
+    r = info.recipe
+    return {"resize": r.get("val_resize", info.image_size), "crop": r.get("val_crop", info.image_size),
+            "interpolation": r.get("interpolation", "bilinear"), "mean": list(info.mean), "std": list(info.std)}
 
 
 def describe_recipe(info) -> str:

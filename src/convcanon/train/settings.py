@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..data import DataSpec, parse_data
-from ..data.recipe import OPTION_KEYS
+from ..data.recipe import IMAGENET_RATIO, IMAGENET_SCALE, OPTION_KEYS
 from ..registry import create_model, model_info, model_options
 from .config import TrainConfig, flag_name, validate
 from .distributed import resolve_device
@@ -64,7 +64,9 @@ def check_augmentation(cfg: TrainConfig, data: DataSpec) -> None:
         if values and len(values) != data.in_chans:
             raise ValueError(f"--{key} gives {len(values)} value(s) and --data {cfg.data} has {data.in_chans} "
                              f"channel(s): give one per channel")
-    custom = [k for k in OPTION_KEYS if getattr(cfg, k) not in (None, [], "none", 0.0, "bilinear")]
+    default = {"hflip": 0.5, "scale": list(IMAGENET_SCALE), "ratio": list(IMAGENET_RATIO), "interpolation": "bilinear",
+               "aa": "none", "reprob": 0.0}  # the folder recipe the GPU decoder runs
+    custom = [k for k in OPTION_KEYS if getattr(cfg, k) not in (None, [], default.get(k))]
     if cfg.decode == "gpu" and custom:
         raise ValueError(f"--decode gpu runs torchvision's default folder recipe only, and {flag_name(custom[0])} "
                          "changes it: use --decode cpu or auto")
