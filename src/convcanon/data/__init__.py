@@ -24,14 +24,15 @@ from .base import (
 from .cifar import make_cifar
 from .images import load_rgb
 from .memory import InMemorySource, make_digits, make_synthetic
+from .recipe import AugmentOptions, Recipe
 from .scan import BadDataError, BadFile, ScanReport, scan_folder
 from .spec import SPEC_FORMS, DataSpec, open_data, parse_data
 
 __all__ = [
-    "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "FolderSource", "InMemorySource",
-    "SPEC_FORMS", "ScanReport", "crop_flip", "derive_seed", "epoch_permutation", "folder_from_report", "load_rgb",
-    "make_cifar", "make_digits", "make_folder", "make_synthetic", "num_train_batches", "open_data", "parse_data",
-    "rank_slice", "scan_folder", "shard_range",
+    "AugmentOptions", "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "FolderSource",
+    "InMemorySource", "Recipe", "SPEC_FORMS", "ScanReport", "crop_flip", "derive_seed", "epoch_permutation",
+    "folder_from_report", "load_rgb", "make_cifar", "make_digits", "make_folder", "make_synthetic", "num_train_batches",
+    "open_data", "parse_data", "rank_slice", "scan_folder", "shard_range",
 ]
 
 

@@ -85,9 +85,12 @@ class BatchRecipe:
     """
 
     def __init__(self, recipe, side: int):
+        self.recipe, self.side = recipe, side
+        self.policy, self.erase = None, None
+        if recipe.aa == "none" and not recipe.reprob:
+            return  # torchvision takes seconds to import: the embedded run never needs it
         from torchvision.transforms import v2
 
-        self.recipe, self.side = recipe, side
         # torchvision's policies take nearest or bilinear on tensors (bicubic only on PIL images)
         interp = v2.InterpolationMode.NEAREST if recipe.interpolation == "nearest" else v2.InterpolationMode.BILINEAR
         self.policy = {"none": None, "trivialaugment": v2.TrivialAugmentWide(interpolation=interp),

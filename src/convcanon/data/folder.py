@@ -1,13 +1,16 @@
 """ImageNet-style ImageFolder trees (``train/CLASS/*``, ``val/CLASS/*``), decoded by DataLoader workers.
 
-Transforms are torchvision's reference recipe: RandomResizedCrop(S) + horizontal flip for training, Resize(S*256/224)
-+ CenterCrop(S) for evaluation (S = 224 by default). Workers return uint8 images (a quarter of the bytes of float32
-through the worker pipes); normalization happens on the device.
+Transforms are the recipe's (``recipe.py``), by default torchvision's reference one: RandomResizedCrop(S) + horizontal
+flip for training, Resize(S*256/224) + CenterCrop(S) for evaluation (S = 224 by default); policies and random erasing
+are torchvision.transforms.v2's classes in the same per-sample pipeline. Workers return uint8 images (a quarter of the
+bytes of float32 through the worker pipes); normalization happens on the device. A tree that fits in memory can be
+decoded once instead (``folder_cache``).
 
 The order follows ``base`` exactly (one permutation per epoch, a rank's slice of each global batch, ``start`` skips
-whole batches without decoding them). Each sample's random crop and flip run under a CPU generator seeded by
-``derive_seed(seed, epoch, sample index)`` inside ``torch.random.fork_rng``, so the pixels do not depend on the number
-of workers, the number of ranks or the resume point, and the caller's RNG streams are left as they were.
+whole batches without decoding them). Each sample's random transforms run under a CPU generator seeded by
+``derive_seed(seed, epoch, sample index)`` (with the copy number under repeated augmentation) inside
+``torch.random.fork_rng``, so the pixels do not depend on the number of workers, the number of ranks or the resume
+point, and the caller's RNG streams are left as they were.
 
 Decoding (``decode``): "cpu" is the path above; "gpu" has the workers read JPEG files as bytes and decodes whole batches
 on the GPU with nvJPEG (``gpu_decode``: same samples, same crops, pixels within a few grey levels); "auto" (the default)

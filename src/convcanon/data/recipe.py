@@ -93,7 +93,7 @@ class Recipe:
         if self.scale is None and side is not None and side != self.train_crop:
             parts.append(f"resize to {self.train_crop}")
         if self.hflip:
-            parts.append(f"horizontal flip p={self.hflip:g}")
+            parts.append("horizontal flip" if self.hflip == 0.5 else f"horizontal flip p={self.hflip:g}")
         if self.aa != "none":
             parts.append({"trivialaugment": "TrivialAugmentWide", "randaugment": "RandAugment",
                           "autoaugment": "AutoAugment (imagenet)"}[self.aa])
