@@ -161,6 +161,27 @@ def without_augmentation(recipe: Recipe) -> Recipe:
     return replace(recipe, hflip=0.0, pad=0, scale=None, aa="none", reprob=0.0)
 
 
+def describe_info(info) -> str:
+    """The plan's augmentation line for a data set's ``DataInfo``: its resolved recipe, defaults included."""
+    r = info.recipe
+    if not r:
+        return f"augmentation: {info.augment or 'none'}"
+    reps = f"; repeated augmentation x{r['ra_reps']}" if r.get("ra_reps", 1) > 1 else ""
+    cache = f"; folder data {r['cache']}" if "cache" in r else ""
+    norm = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(r["mean"], r["std"], strict=True))
+    evaluation = (f"{r['val_crop']} px" if r["val_resize"] == r["val_crop"] else
+                  f"resize {r['val_resize']} + center crop {r['val_crop']}")
+    return f"augmentation: {info.augment}{reps}; eval: {evaluation}; normalize mean/std {norm}{cache}"
+
+
+def preprocess(info) -> dict[str, Any]:
+    """The fixed preprocessing of a model's inputs (the evaluation's) for a data set's ``DataInfo``: what
+    model.safetensors' metadata records."""
+    r = info.recipe
+    return {"resize": r.get("val_resize", info.image_size), "crop": r.get("val_crop", info.image_size),
+            "interpolation": r.get("interpolation", "bilinear"), "mean": list(info.mean), "std": list(info.std)}
+
+
 def _pair(v: tuple[float, ...]) -> str:
     return "-".join(f"{x:g}" for x in v)
 

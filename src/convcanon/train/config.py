@@ -223,15 +223,19 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             raise ValueError(f"{where}: {flag_name(key)} must be {valid}; got {shown}")
     if cfg.warmup_epochs > cfg.epochs:
         raise ValueError(f"{where}: --warmup-epochs ({cfg.warmup_epochs}) must be at most --epochs ({cfg.epochs})")
+    if cfg.decode == "gpu" and cfg.device == "cpu":
+        raise ValueError(f"{where}: --decode gpu decodes JPEGs on a CUDA device, and --device is cpu: use --decode "
+                         "auto or cpu")
+    _validate_augmentation(cfg, where)
+    _validate_scaling(cfg, where)
+
+
+def _validate_augmentation(cfg: TrainConfig, where: str) -> None:
     if cfg.pad is not None and cfg.scale:
         raise ValueError(f"{where}: --pad and --scale are two crop modes (pad-and-crop, random-resized crop): give one")
     if cfg.val_crop_size and cfg.val_resize_size and cfg.val_crop_size > cfg.val_resize_size:
         raise ValueError(f"{where}: --val-crop-size ({cfg.val_crop_size}) must be at most --val-resize-size "
                          f"({cfg.val_resize_size}): the center crop is taken from the resized image")
-    if cfg.decode == "gpu" and cfg.device == "cpu":
-        raise ValueError(f"{where}: --decode gpu decodes JPEGs on a CUDA device, and --device is cpu: use --decode "
-                         "auto or cpu")
-    _validate_scaling(cfg, where)
 
 
 def _validate_scaling(cfg: TrainConfig, where: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..data.recipe import describe_info, preprocess
 from ..io import RunLock, atomic_write_json, atomic_write_text, remove_stale_temps
 from . import checkpoint as ckpt
 from . import engine as engine_lib
@@ -194,8 +195,8 @@ class Run:
         self.say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, "
                  f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device "
                  f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
+        self.say(describe_info(info))
         self.say(plan.describe())
-        self.say(describe_recipe(info))
         for line in [*self.engine.describe(), *lines]:
             self.say(line)
         resumed = self.state is not None
@@ -346,9 +347,9 @@ class Run:
             return
         info, final, run_dir = self.data.info, self.final, self.run_dir
         ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata={
+            "preprocess": json.dumps(preprocess(info)),
             "model": self.cfg.model, "num_classes": str(info.num_classes), "in_chans": str(info.in_chans),
             "classes": json.dumps(list(info.classes)), "convcanon": __version__,
-            "preprocess": json.dumps(preprocess(info)),
         })  # fmt: skip
         atomic_write_json(run_dir / "summary.json", {
             "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
@@ -361,27 +362,6 @@ class Run:
             why = f" (--max-steps {self.cfg.max_steps})" if self.cfg.max_steps else ""
             self.say(f"stopped at step {self.step}{why} after {seconds:.1f} s; continue with: convcanon train --resume "
                      f"{run_dir}")
-
-
-def preprocess(info) -> dict[str, Any]:
-    """The fixed preprocessing of the weights' inputs (the evaluation's), saved in model.safetensors' metadata."""
-    r = info.recipe
-    return {"resize": r.get("val_resize", info.image_size), "crop": r.get("val_crop", info.image_size),
-            "interpolation": r.get("interpolation", "bilinear"), "mean": list(info.mean), "std": list(info.std)}
-
-
-def describe_recipe(info) -> str:
-    """The plan's augmentation line: what the data set resolved (``DataInfo.recipe``), defaults included."""
-    r = info.recipe
-    if not r:
-        return f"augmentation: {info.augment or 'none'}"
-    reps = f"; repeated augmentation x{r['ra_reps']}" if r.get("ra_reps", 1) > 1 else ""
-    cache = f"; folder data {r['cache']}" if "cache" in r else ""
-    norm = ", ".join(f"{m:.4g}/{s:.4g}" for m, s in zip(r["mean"], r["std"], strict=True))
-    evaluation = (f"{r['val_crop']} px" if r["val_resize"] == r["val_crop"] else
-                  f"resize {r['val_resize']} + center crop {r['val_crop']}")
-    return (f"augmentation: {info.augment}{reps}; eval: {evaluation}; "
-            f"normalize mean/std {norm}{cache}")
 
 
 def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
