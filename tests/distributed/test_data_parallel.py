@@ -131,6 +131,29 @@ def test_two_processes_equal_one_process_with_twice_the_batch(two_procs, tmp_pat
     assert output.count("global batch 80") == 1
 
 
+# Every augmentation option on (random-resized crop, flip, a policy, random erasing, separate train and evaluation
+# sizes, repeated augmentation): each sample's pixels are a pure function of (seed, epoch, position), so 2 x 40 see
+# exactly the pixels of 1 x 80 and the runs are the same algorithm.
+EVERY_AUGMENTATION = {"image_size": 12, "hflip": 0.5, "scale": [0.35, 1.0], "ratio": [0.8, 1.25],
+                      "aa": "trivialaugment", "reprob": 0.25, "train_crop_size": 10, "val_resize_size": 12,
+                      "val_crop_size": 11, "ra_reps": 2}
+
+
+def _flags(options: dict) -> list[str]:
+    out = []
+    for key, value in options.items():
+        out += ["--" + key.replace("_", "-"), *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return out
+
+
+def test_two_processes_equal_one_process_with_every_augmentation_option(launcher, tmp_path):
+    steps = 10
+    launcher.run(_args(tmp_path / "two", *_flags(EVERY_AUGMENTATION), steps=steps), timeout=300)
+    ref = _single(tmp_path / "one", steps=steps, **EVERY_AUGMENTATION)
+    _assert_same_algorithm(_weights(tmp_path / "two"), ref)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["data"]["recipe"]["ra_reps"] == 2
+
+
 @pytest.mark.slow
 def test_sync_batch_norm_two_processes_equal_one_process(launcher, tmp_path):
     synced = tmp_path / "sync"

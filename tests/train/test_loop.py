@@ -212,8 +212,8 @@ def _env():
     return env
 
 
-def _kill_after_checkpoint(out: Path, min_step: int) -> None:
-    proc = subprocess.Popen(_cli(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _kill_after_checkpoint(out: Path, min_step: int, *extra: str) -> None:
+    proc = subprocess.Popen(_cli(out, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
         steps = [int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("step-*.pt")] if out.exists() else []
@@ -243,6 +243,39 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted, min_step):
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+# Every augmentation option on: random-resized crop, flip, a policy, random erasing, a train crop apart from the
+# evaluation's resize and crop, repeated augmentation. Each sample's pixels are a pure function of (seed, epoch,
+# position), so the resumed run sees exactly the pixels the uninterrupted one saw.
+EVERY_AUGMENTATION = ("--image-size", "12", "--hflip", "0.5", "--scale", "0.35", "1", "--ratio", "0.8", "1.25",
+                      "--aa", "trivialaugment", "--reprob", "0.25", "--train-crop-size", "10", "--val-resize-size",
+                      "12", "--val-crop-size", "11", "--ra-reps", "2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_augmented(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full-augmented") / "run"
+    subprocess.run(_cli(out, *EVERY_AUGMENTATION), env=_env(), check=True, stdout=subprocess.DEVNULL)
+    return _weights(out)
+
+
+def test_sigkill_then_resume_is_bit_exact_with_every_augmentation_option(tmp_path, uninterrupted_augmented):
+    out = tmp_path / "run"
+    _kill_after_checkpoint(out, 25, *EVERY_AUGMENTATION)  # mid-epoch 2
+    subprocess.run(_cli(out, *EVERY_AUGMENTATION, "--resume", str(out)), env=_env(), check=True,
+                   stdout=subprocess.DEVNULL)
+    resumed = _weights(out)
+    assert resumed.keys() == uninterrupted_augmented.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted_augmented[key]), key
+    config = (out / "config.yaml").read_text()
+    assert "aa: trivialaugment" in config and "ra_reps: 2" in config  # recorded with the run
+    recipe = json.loads((out / "run.json").read_text())["data"]["recipe"]
+    assert (recipe["train_crop"], recipe["val_resize"], recipe["val_crop"], recipe["reprob"]) == (10, 12, 11, 0.25)
+    # The weights carry the fixed preprocessing of their inputs: evaluation's resize, crop and normalization.
+    pre = json.loads(ckpt.safetensors_metadata(out / "model.safetensors")["preprocess"])
+    assert (pre["resize"], pre["crop"], len(pre["mean"]), len(pre["std"])) == (12, 11, 1, 1)
 
 
 def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, uninterrupted):

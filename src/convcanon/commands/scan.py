@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   convcanon scan ~/data/imagenet --json       the same as one JSON object
   convcanon scan ~/data/pets --skip-bad       exit 0 while at most 1% are bad (what `train --skip-bad` accepts)
   convcanon scan --data cifar10               download CIFAR-10 once (checksums verified), read and check it
+  convcanon scan ~/data/pets --stats          also the mean and std of the training images, as --mean/--std flags
 
 exit status: 0 clean, 1 bad files found (or a download failed), 2 the folder's layout or a data file is wrong (the
 message says what to fix)."""
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="exit 0 if the bad files are at most 1%% of all (training with --skip-bad would start)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes decoding in parallel (default: %(default)s)")
+    parser.add_argument("--stats", action="store_true",
+                        help="also measure the per-channel mean and std of the training images (for train's --mean "
+                             "and --std)")
     parser.set_defaults(func=run)
 
 
@@ -60,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
     report = scan_folder(folder, progress=sys.stderr.isatty(), workers=args.workers, cache=False)
     accepted = not report.bad or (args.skip_bad and report.bad_fraction <= MAX_BAD_FRACTION)
     bad_rows = [{"split": b.split, "path": b.path, "reason": b.reason} for b in report.bad]
+    stats = None
+    if args.stats:
+        from ..data.folder_cache import folder_stats
+
+        mean, std = folder_stats([p for p, _ in report.train], args.workers)
+        stats = {"mean": list(mean), "std": list(std), "images": len(report.train)}
     if args.json:
         out = {**report.summary(), "class_names": list(report.classes), "bad_files": bad_rows,
-               "ignored_files": list(report.ignored), "ok": accepted}
+               "ignored_files": list(report.ignored), "ok": accepted, **({"stats": stats} if stats else {})}
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0 if accepted else 1
@@ -77,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     emit([summary], [("files", "files"), ("classes", "classes"), ("train_images", "train images"),
                      ("val_images", "val images"), ("bad", "bad"), ("bad_percent", "bad %"), ("ignored", "ignored")],
          False)
+    if stats:
+        print(f"training images ({stats['images']:,}): --mean {' '.join(map(str, stats['mean']))} --std "
+              f"{' '.join(map(str, stats['std']))}")
     if not report.bad:
         print(f"clean: every one of the {report.files:,} files decodes")
     elif accepted:

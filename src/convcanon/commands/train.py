@@ -10,14 +10,19 @@ _EPILOG = """examples:
   convcanon train                                   ResNet-20 on the embedded digits (the main job, ~1 min on 2 cores)
   convcanon train --model plain20 --out runs/plain  the same net without shortcuts
   convcanon train --model resnet20 --model-option activation=tanh --epochs 30
-  convcanon train --data cifar10:~/data/cifar-10-batches-py --config experiments/resnet_cifar.yaml
+  convcanon train --data cifar10:~/data/cifar-10-batches-py --config experiments/resnet_cifar10.yaml
   convcanon train --data folder:~/data/imagenet --model resnet50 --batch-size 64 --accum-steps 4 --amp bf16
   convcanon train --data folder:~/data/imagenet --model resnet50 --batch-size 256 --workers 8 --decode gpu
+  convcanon train --data folder:~/digits --model resnet18 --image-size 32 --hflip 0 --scale 0.35 1 --aa trivialaugment
+      --reprob 0.25                                 timm's augmentation flags; no flip for digits
+  convcanon train --data folder:/data/imagenet --config experiments/resnet50_imagenet_tv2.yaml
   convcanon train --resume runs/plain               continue a run from its newest valid checkpoint
   torchrun --nproc-per-node 4 -m convcanon train --model resnet50 --data folder:/data/imagenet
 
 Learning rate: --lr is the rate at --base-batch (default 256) and is scaled by the linear scaling rule to the global
 batch (batch size x processes x accumulation steps); the resolved figures are printed at start and saved in the run.
+Augmentation: what --hflip, --scale, --pad, --aa, --reprob ... do not set is the data set's default; the resolved
+recipe is printed at start ("augmentation: ...") and saved in run.json (docs/data.md#augmentation).
 """
 
 

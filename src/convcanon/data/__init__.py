@@ -27,14 +27,16 @@ from .download import DownloadError, data_root
 from .images import load_rgb
 from .memory import InMemorySource, make_digits, make_synthetic
 from .mnist import make_mnist
+from .recipe import AugmentOptions, Recipe
 from .scan import BadDataError, BadFile, ScanReport, scan_folder
 from .spec import SPEC_FORMS, DataSpec, fetch_data, open_data, parse_data
 
 __all__ = [
-    "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "DownloadError", "FolderSource",
-    "InMemorySource", "SPEC_FORMS", "ScanReport", "crop_flip", "data_root", "derive_seed", "epoch_permutation",
-    "fetch_data", "folder_from_report", "load_rgb", "make_cifar", "make_digits", "make_folder", "make_mnist",
-    "make_synthetic", "num_train_batches", "open_data", "parse_data", "rank_slice", "scan_folder", "shard_range",
+    "AugmentOptions", "BadDataError", "BadFile", "BatchAugment", "DataInfo", "DataSource", "DataSpec", "DownloadError",
+    "FolderSource", "InMemorySource", "Recipe", "SPEC_FORMS", "ScanReport", "crop_flip", "data_root", "derive_seed",
+    "epoch_permutation", "fetch_data", "folder_from_report", "load_rgb", "make_cifar", "make_digits", "make_folder",
+    "make_mnist", "make_synthetic", "num_train_batches", "open_data", "parse_data", "rank_slice", "scan_folder",
+    "shard_range",
 ]
 
 

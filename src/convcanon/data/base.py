@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -45,15 +45,19 @@ class DataInfo:
     spec: str = ""  # the --data value that opens this data set again
     augment: str = ""  # the training augmentation, in words
     skipped: int = 0  # bad files left out (folder data with skip_bad)
-    eval_resize: int = 0  # the side evaluation images are resized to before the center crop (0: image_size, no crop)
+    recipe: dict = field(default_factory=dict)  # the resolved augmentation (recipe.Recipe.as_dict) and ra_reps
+    eval_resize: int = 0  # without a recipe: the side evaluation resizes to before the center crop (0: no crop)
 
     def preprocessing(self) -> dict[str, Any]:
-        """How an image becomes the model's input in evaluation: resize the shorter side to ``resize`` (bilinear,
-        antialiased), center-crop ``crop``, scale to 0..1, normalize by ``mean`` and ``std`` (per channel). Recorded
-        with the weights so that ``convcanon predict`` and ``load_model`` feed a model what it was trained on."""
-        side = self.image_size
-        return {"input_size": [self.in_chans, side, side], "resize": self.eval_resize or side, "crop": side,
-                "interpolation": "bilinear", "mean": list(self.mean), "std": list(self.std)}
+        """How an image becomes the model's input in evaluation (the recipe's ``val_resize``/``val_crop``): resize the
+        shorter side to ``resize`` (antialiased ``interpolation``), center-crop ``crop``, scale to 0..1, normalize by
+        ``mean`` and ``std`` (per channel). Recorded with the weights so that ``convcanon predict`` and ``load_model``
+        feed a model what it was evaluated on."""
+        r = self.recipe
+        crop = int(r.get("val_crop", self.image_size))
+        return {"input_size": [self.in_chans, crop, crop], "resize": int(r.get("val_resize", self.eval_resize or crop)),
+                "crop": crop, "interpolation": r.get("interpolation", "bilinear"), "mean": list(self.mean),
+                "std": list(self.std)}
 
 
 @runtime_checkable
@@ -88,6 +92,16 @@ def generator(*parts: int) -> torch.Generator:
 def epoch_permutation(train_size: int, *, seed: int, epoch: int) -> Tensor:
     """The global order of the training set in ``epoch`` (int64, CPU)."""
     return torch.randperm(train_size, generator=generator(seed, epoch))
+
+
+def epoch_order(train_size: int, *, seed: int, epoch: int, reps: int = 1) -> Tensor:
+    """The global order of the training set in ``epoch``: its permutation, or with ``reps`` > 1 repeated augmentation
+    (Hoffer et al. 2020, torchvision's ``--ra-sampler``): each image of the permutation ``reps`` times in a row, cut
+    to ``train_size`` positions, so an epoch keeps its length and shows ``ceil(train_size / reps)`` images, each
+    ``reps`` times in the same global batch with different augmentations (they are drawn per position). At one process
+    this is torchvision's RASampler order; it stays one global order at any number of processes."""
+    perm = epoch_permutation(train_size, seed=seed, epoch=epoch)
+    return perm if reps == 1 else perm.repeat_interleave(reps)[:train_size]
 
 
 def num_train_batches(train_size: int, batch_size: int, world_size: int = 1) -> int:

@@ -15,9 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .augment import BatchAugment
-from .base import DataInfo, channel_stats
-from .memory import InMemorySource, check_fits, check_num_classes, check_side, resize_uint8
+from .memory import InMemorySource, check_fits, check_num_classes, check_side, in_memory_source, resize_uint8
+from .recipe import AugmentOptions
 from .walk import shown, unsafe_chars
 
 
@@ -190,9 +189,9 @@ def _class_names(root: Path, layout: Layout) -> tuple[str, ...]:
 
 
 def make_cifar(name: str, path: str | Path, *, image_size: int | None = None, num_classes: int | None = None,
-               spec: str | None = None) -> InMemorySource:
-    """CIFAR-10 or CIFAR-100 in memory, augmented as in the ResNet paper (4.2): pad 4, random 32 crop, flip.
-    ``spec`` is what ``DataInfo.spec`` records (default ``name:FOLDER``)."""
+               spec: str | None = None, augment: AugmentOptions | None = None, ra_reps: int = 1) -> InMemorySource:
+    """CIFAR-10 or CIFAR-100 in memory; by default augmented as in the ResNet paper (4.2): pad 4, random 32 crop,
+    flip (``recipe.DEFAULTS``). ``spec`` is what ``DataInfo.spec`` records (default ``name:FOLDER``)."""
     layout = LAYOUTS[name]
     size = 32 if image_size is None else image_size
     check_side(size)
@@ -208,11 +207,6 @@ def make_cifar(name: str, path: str | Path, *, image_size: int | None = None, nu
     images = len(train[1]) + len(test[1])
     check_fits(images * 3 * size * size, f"{name} resized to {size}x{size} ({images:,} images)", "lower --image-size")
     train, test = (resize_uint8(train[0], size), train[1]), (resize_uint8(test[0], size), test[1])
-    mean, std = channel_stats(train[0])
-    augment = BatchAugment(pad=max(1, size // 8), flip=True)
-    info = DataInfo(
-        name=name, num_classes=n_classes, classes=classes, in_chans=3, image_size=size,
-        train_size=len(train[1]), test_size=len(test[1]), mean=mean, std=std, source=str(root.absolute()),
-        spec=spec or f"{name}:{root.absolute()}", augment=augment.describe(size),
-    )
-    return InMemorySource(info, train, test, augment)
+    return in_memory_source(name=name, kind="cifar", classes=classes, source=str(root.absolute()),
+                            spec=spec or f"{name}:{root.absolute()}", train=train, test=test, augment=augment,
+                            ra_reps=ra_reps)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .augment import BatchAugment
+from .augment import BatchAugment, BatchRecipe, eval_resize_crop
 from .base import (
     DataInfo,
     Normalizer,
@@ -38,12 +38,14 @@ from .base import (
     channel_stats,
     check_rank,
     check_start,
-    epoch_permutation,
+    derive_seed,
+    epoch_order,
     generator,
     num_train_batches,
     rank_slice,
     shard_range,
 )
+from .recipe import DEFAULTS, AugmentOptions, Recipe, resolve
 
 DIGITS_SHAPE = (1, 8, 10)  # channels, side, classes
 DIGITS_TEST_FRACTION = 0.2
@@ -54,24 +56,44 @@ _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.lim
 
 
 class InMemorySource:
-    """A data set held as uint8 (N, C, H, W) images and int64 labels per split, moved once to each device it is read
-    on, and augmented there a whole batch at a time."""
+    """A data set held as uint8 (N, C, S, S) images and int64 labels per split, moved once to each device it is read
+    on, and augmented there a whole batch at a time by its ``Recipe`` (``recipe.py``); the test split is stored
+    already through the recipe's evaluation resize and crop. ``ra_reps`` > 1: repeated augmentation
+    (``base.epoch_order``)."""
 
     def __init__(self, info: DataInfo, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-                 augment: BatchAugment | None = None):
+                 augment: Recipe | BatchAugment | None = None, *, ra_reps: int = 1):
         for split, (x, y) in (("train", train), ("test", test)):
-            expected = (info.in_chans, info.image_size, info.image_size)
+            side = info.image_size if split == "test" else x.shape[-1]
+            expected = (info.in_chans, side, side)
             if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != expected:
                 raise ValueError(f"{info.name} {split} images must be uint8 (N, {', '.join(map(str, expected))}); "
                                  f"got {x.dtype} {tuple(x.shape)}")
             if y.shape != (x.shape[0],):
                 raise ValueError(f"{info.name} {split}: {x.shape[0]} images but labels of shape {tuple(y.shape)}")
             check_labels(y, info.num_classes, f"{info.name} {split} split ({info.source})")
+        if ra_reps < 1:
+            raise ValueError(f"--ra-reps must be an integer >= 1; got {ra_reps}")
         self.info = info
-        self.augment = augment or BatchAugment()
+        self.side = train[0].shape[-1]
+        self.ra_reps = ra_reps
+        self.augment = augment
         self._cpu = (train[0].contiguous(), train[1].to(torch.int64), test[0].contiguous(), test[1].to(torch.int64))
         self._devices: dict[torch.device, tuple[Tensor, ...]] = {}
         self._normalize = Normalizer(info.mean, info.std)
+
+    @property
+    def augment(self) -> BatchRecipe:
+        return self._augment
+
+    @augment.setter
+    def augment(self, value: Recipe | BatchAugment | None) -> None:
+        """A ``Recipe``, or the pad-and-flip ``BatchAugment`` of earlier versions (None: no augmentation)."""
+        if not isinstance(value, Recipe):
+            legacy = value or BatchAugment()
+            value = Recipe(train_crop=self.side, val_resize=self.info.image_size, val_crop=self.info.image_size,
+                           mean=self.info.mean, std=self.info.std, hflip=0.5 if legacy.flip else 0.0, pad=legacy.pad)
+        self._augment = BatchRecipe(value, self.side)
 
     def _on(self, device: torch.device | str) -> tuple[Tensor, ...]:
         device = as_device(device)
@@ -94,20 +116,23 @@ class InMemorySource:
     def _train(self, epoch: int, batch_size: int, seed: int, start: int, rank: int, world_size: int, steps: int,
                device: torch.device | str) -> Iterator[tuple[Tensor, Tensor]]:
         train_x, train_y, _, _ = self._on(device)
-        perm = epoch_permutation(self.info.train_size, seed=seed, epoch=epoch).to(train_x.device)
+        order = epoch_order(self.info.train_size, seed=seed, epoch=epoch, reps=self.ra_reps).to(train_x.device)
         global_batch = batch_size * world_size
-        if self.augment.active:
-            # Drawn once per epoch for every position of the permutation, then sliced: a sample's crop and flip
-            # depend only on (seed, epoch, position), so any batch size, rank count or accumulation split of the
-            # same global order sees the same pixels. The -1 keeps this stream apart from the permutation's.
-            draws = [d.to(train_x.device) for d in self.augment.draw(self.info.train_size, generator(seed, epoch, -1))]
+        augment = self.augment
+        active = augment.recipe.active or self.side != augment.recipe.train_crop
+        if active:
+            # Drawn once per epoch for every position of the order, then sliced: a sample's augmentation depends
+            # only on (seed, epoch, position), so any batch size, rank count or accumulation split of the same global
+            # order sees the same pixels. The -1 keeps this stream apart from the order's.
+            draws = augment.draw(self.info.train_size, generator(seed, epoch, -1))
         for step in range(start, steps):
-            idx = rank_slice(perm, step, batch_size, rank, world_size)
+            idx = rank_slice(order, step, batch_size, rank, world_size)
             x = train_x[idx]
-            if self.augment.active:
+            if active:
                 first = step * global_batch + rank * batch_size
-                oy, ox, flip = (d[first : first + batch_size] for d in draws)
-                x = self.augment(x, oy, ox, flip)
+                seeds = ([derive_seed(seed, epoch, p) for p in range(first, first + len(idx))]
+                         if augment.per_sample else None)
+                x = augment(x, draws.at(first, len(idx), x.device), seeds)
             yield self._normalize(x), train_y[idx]
 
     def test_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
@@ -122,6 +147,25 @@ class InMemorySource:
         for first in range(share.start, share.stop, batch_size):
             last = min(first + batch_size, share.stop)
             yield self._normalize(test_x[first:last]), test_y[first:last]
+
+
+def in_memory_source(*, name: str, kind: str, classes: tuple[str, ...], source: str, spec: str,
+                     train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], augment: AugmentOptions | None,
+                     ra_reps: int = 1, stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+                     skipped: int = 0, crop: int | None = None) -> InMemorySource:
+    """An in-memory source of square uint8 ``train`` and ``test`` images as stored, with the recipe that ``augment``
+    asks for on top of the defaults of ``kind`` (``recipe.DEFAULTS``); ``stats``: mean and std (else measured on the
+    training images); ``crop``: the default train and eval side (else the stored side)."""
+    side = train[0].shape[-1]
+    mean, std = stats or channel_stats(train[0])
+    recipe = resolve(augment or AugmentOptions(), DEFAULTS[kind](crop or side), crop or side, mean, std)
+    test_x = eval_resize_crop(test[0], recipe.val_resize, recipe.val_crop)
+    info = DataInfo(
+        name=name, num_classes=len(classes), classes=classes, in_chans=train[0].shape[1], image_size=recipe.val_crop,
+        train_size=len(train[1]), test_size=len(test[1]), mean=recipe.mean, std=recipe.std, source=source, spec=spec,
+        augment=recipe.describe(side), skipped=skipped, recipe={**recipe.as_dict(), "ra_reps": ra_reps},
+    )
+    return InMemorySource(info, train, (test_x, test[1]), recipe, ra_reps=ra_reps)
 
 
 def check_labels(labels: Tensor, num_classes: int, where: str) -> None:
@@ -228,8 +272,10 @@ def digits_split(labels: Tensor, test_fraction: float = DIGITS_TEST_FRACTION,
     return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
 
 
-def make_digits(*, image_size: int | None = None, num_classes: int | None = None) -> InMemorySource:
-    """The embedded 8x8 digits, 1 channel, 10 classes, augmented by a random translation of up to 1 pixel."""
+def make_digits(*, image_size: int | None = None, num_classes: int | None = None,
+                augment: AugmentOptions | None = None, ra_reps: int = 1) -> InMemorySource:
+    """The embedded 8x8 digits, 1 channel, 10 classes; by default augmented by a random translation of up to 1/8 of
+    the side and never mirrored (a mirrored 2 is no digit; ``recipe.DEFAULTS``)."""
     grey, target = _digits_arrays()
     chans, side, classes = DIGITS_SHAPE
     # 17 grey levels 0..16 -> 0..255, rounded: the 8-bit scale every other data set uses.
@@ -241,16 +287,10 @@ def make_digits(*, image_size: int | None = None, num_classes: int | None = None
     images = resize_uint8(images, size)
     check_num_classes(num_classes, classes, "the digits data set")
     train_idx, test_idx = digits_split(labels)
-    mean, std = channel_stats(images[train_idx])
-    # Digits are not mirror-symmetric (a flipped 2 is no digit), so translation only; 1 px of 8 is 12.5% of the side,
-    # about the 4 px of 32 of the CIFAR recipe.
-    augment = BatchAugment(pad=max(1, size // 8), flip=False)
-    info = DataInfo(
-        name="digits", num_classes=classes, classes=tuple(str(d) for d in range(classes)), in_chans=chans,
-        image_size=size, train_size=len(train_idx), test_size=len(test_idx), mean=mean, std=std,
-        source="scikit-learn (sklearn.datasets.load_digits)", spec="digits", augment=augment.describe(size),
-    )
-    return InMemorySource(info, (images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx]), augment)
+    return in_memory_source(
+        name="digits", kind="digits", classes=tuple(str(d) for d in range(classes)),
+        source="scikit-learn (sklearn.datasets.load_digits)", spec="digits", augment=augment, ra_reps=ra_reps,
+        train=(images[train_idx], labels[train_idx]), test=(images[test_idx], labels[test_idx]))
 
 
 # ---- synthetic ---------------------------------------------------------------------------------------------------
@@ -262,10 +302,10 @@ def check_synthetic_fits(spec: str, in_chans: int, image_size: int, size: int = 
                "lower the side S (or --image-size) or the channels C in synthetic:C:S:K")
 
 
-def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int = 10,
-                   size: int = 1024) -> InMemorySource:
-    """Uniform random uint8 images and labels from a fixed seed (``size`` train, ``size // 4`` test), no
-    augmentation: the same data path as the real sets, for throughput work."""
+def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int = 10, size: int = 1024,
+                   augment: AugmentOptions | None = None, ra_reps: int = 1) -> InMemorySource:
+    """Uniform random uint8 images and labels from a fixed seed (``size`` train, ``size // 4`` test), not augmented
+    by default: the same data path as the real sets, for throughput work."""
     if min(in_chans, image_size, size) < 1 or num_classes < 2 or size // 4 < 1:
         raise ValueError(f"synthetic data needs channels and side >= 1, at least 2 classes and at least 4 images; got "
                          f"{in_chans} channels, side {image_size}, {num_classes} classes, {size} images")
@@ -279,10 +319,7 @@ def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int 
             torch.randint(0, num_classes, (size // 4,), generator=gen))
     # Uniform integers 0..255 on the 0..1 scale: mean 1/2, std sqrt((256^2 - 1) / 12) / 255.
     std = round(((256**2 - 1) / 12) ** 0.5 / 255, 6)
-    info = DataInfo(
-        name="synthetic", num_classes=num_classes, classes=tuple(f"class_{k}" for k in range(num_classes)),
-        in_chans=in_chans, image_size=image_size, train_size=size, test_size=size // 4,
-        mean=(0.5,) * in_chans, std=(std,) * in_chans, source="random (torch.randint, seed 0)",
-        spec=spec, augment="none",
-    )
-    return InMemorySource(info, train, test, BatchAugment())
+    return in_memory_source(
+        name="synthetic", kind="synthetic", classes=tuple(f"class_{k}" for k in range(num_classes)),
+        source="random (torch.randint, seed 0)", spec=spec, train=train, test=test, augment=augment, ra_reps=ra_reps,
+        stats=((0.5,) * in_chans, (std,) * in_chans))

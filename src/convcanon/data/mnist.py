@@ -21,9 +21,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .augment import BatchAugment
-from .base import DataInfo, channel_stats
-from .memory import InMemorySource, check_fits, check_num_classes, check_side, resize_uint8
+from .memory import InMemorySource, check_fits, check_num_classes, check_side, in_memory_source, resize_uint8
+from .recipe import AugmentOptions
 from .walk import shown
 
 MNIST_SHAPE = (1, 28, 10)  # channels, side, classes
@@ -130,9 +129,10 @@ def _split(root: Path, split: str, num_classes: int) -> tuple[torch.Tensor, torc
 
 
 def make_mnist(name: str, path: str | Path, *, image_size: int | None = None, num_classes: int | None = None,
-               spec: str | None = None) -> InMemorySource:
-    """MNIST or Fashion-MNIST in memory, augmented by a random translation of up to 1/8 of the side (and, for
-    Fashion-MNIST, a horizontal flip). ``spec`` is what ``DataInfo.spec`` records (default ``name:FOLDER``)."""
+               spec: str | None = None, augment: AugmentOptions | None = None, ra_reps: int = 1) -> InMemorySource:
+    """MNIST or Fashion-MNIST in memory; by default augmented by a random translation of up to 1/8 of the side (and,
+    for Fashion-MNIST, a horizontal flip: ``recipe.DEFAULTS``). ``spec`` is what ``DataInfo.spec`` records (default
+    ``name:FOLDER``)."""
     layout = LAYOUTS[name]
     chans, side, classes = MNIST_SHAPE
     size = side if image_size is None else image_size
@@ -143,11 +143,6 @@ def make_mnist(name: str, path: str | Path, *, image_size: int | None = None, nu
     images = len(train[1]) + len(test[1])
     check_fits(images * size * size, f"{name} resized to {size}x{size} ({images:,} images)", "lower --image-size")
     train, test = (resize_uint8(train[0], size), train[1]), (resize_uint8(test[0], size), test[1])
-    mean, std = channel_stats(train[0])
-    augment = BatchAugment(pad=max(1, size // 8), flip=layout.flip)
-    info = DataInfo(
-        name=name, num_classes=n_classes, classes=layout.classes, in_chans=chans, image_size=size,
-        train_size=len(train[1]), test_size=len(test[1]), mean=mean, std=std, source=str(root.absolute()),
-        spec=spec or f"{name}:{root.absolute()}", augment=augment.describe(size),
-    )
-    return InMemorySource(info, train, test, augment)
+    return in_memory_source(name=name, kind="fashion" if layout.flip else "digits", classes=layout.classes,
+                            source=str(root.absolute()), spec=spec or f"{name}:{root.absolute()}", train=train,
+                            test=test, augment=augment, ra_reps=ra_reps)

@@ -24,6 +24,7 @@ from .memory import DIGITS_SHAPE, check_num_classes, make_digits, make_synthetic
 from .mnist import LAYOUTS as IDX_LAYOUTS
 from .mnist import MNIST_SHAPE, make_mnist
 from .mnist import find_folder as find_idx_folder
+from .recipe import AugmentOptions
 from .scan import tree_classes
 
 SPEC_FORMS = """accepted data specs:
@@ -168,7 +169,8 @@ def fetch_data(parsed: DataSpec, *, data_root: str | Path | None = None, progres
 
 def open_data(spec: str, *, image_size: int | None = None, num_classes: int | None = None, skip_bad: bool = False,
               synthetic_size: int = 1024, workers: int = 2, progress: bool = True, decode: str = "auto",
-              data_root: str | Path | None = None) -> DataSource:
+              data_root: str | Path | None = None, augment: AugmentOptions | None = None, ra_reps: int = 1,
+              cache: str = "stream") -> DataSource:
     """Open the data set named by ``spec``: what :func:`parse_data` finds (with ``image_size``, ``num_classes`` and
     ``decode`` checked there), opened.
 
@@ -179,6 +181,9 @@ def open_data(spec: str, *, image_size: int | None = None, num_classes: int | No
     where folder data's JPEGs are decoded (``folder`` module docstring; "gpu" is an error for other data and without
     CUDA); ``data_root`` is where a standard set named without a path is downloaded to (once, with its checksums
     verified; ``download`` module docstring) and read from.
+    ``augment``: the augmentation asked for (``recipe.AugmentOptions``; not given: the data set's defaults);
+    ``ra_reps``: repeated augmentation (``base.epoch_order``); ``cache``: folder data held in memory ("auto" |
+    "memory" | "stream", ``folder_cache``).
     """
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
@@ -186,15 +191,18 @@ def open_data(spec: str, *, image_size: int | None = None, num_classes: int | No
     named = parsed.kind if parsed.download else None  # what DataInfo.spec records: the name opens it again
     fetch_data(parsed, data_root=data_root, progress=progress)
     if parsed.kind == "digits":
-        return make_digits(image_size=image_size, num_classes=num_classes)
+        return make_digits(image_size=image_size, num_classes=num_classes, augment=augment, ra_reps=ra_reps)
     if parsed.kind == "synthetic":
         return make_synthetic(in_chans=parsed.in_chans, image_size=parsed.image_size, num_classes=parsed.num_classes,
-                              size=synthetic_size)
+                              size=synthetic_size, augment=augment, ra_reps=ra_reps)
     if parsed.kind in LAYOUTS:
-        return make_cifar(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes, spec=named)
+        return make_cifar(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes, spec=named,
+                          augment=augment, ra_reps=ra_reps)
     if parsed.kind in IDX_LAYOUTS:
-        return make_mnist(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes, spec=named)
+        return make_mnist(parsed.kind, parsed.path, image_size=image_size, num_classes=num_classes, spec=named,
+                          augment=augment, ra_reps=ra_reps)
     from .folder import make_folder  # here: torchvision takes seconds to import and only folder data needs it
 
     return make_folder(parsed.path, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
-                       workers=workers, progress=progress, decode=decode)
+                       workers=workers, progress=progress, decode=decode, augment=augment, ra_reps=ra_reps,
+                       cache=cache)

@@ -66,6 +66,9 @@ class BenchConfig:
     workers: int = 2  # DataLoader workers for folder data (as convcanon train's --workers)
     data_root: str | None = None  # where a named standard set is downloaded (as convcanon train's --data-root)
     decode: str = "auto"  # folder data: auto | cpu | gpu (JPEG decoding on the GPU; data/folder.py)
+    augment: dict[str, Any] = field(default_factory=dict)  # the recipe's augmentation keys (data/recipe.py)
+    ra_reps: int = 1
+    data_cache: str = "auto"  # folder data held in memory (data/folder_cache.py)
     windows: int = 5
     steps: int | None = None  # steps per window; None = enough for about window_seconds
     window_seconds: float = 2.0
@@ -266,9 +269,11 @@ def _open_data(cfg: BenchConfig):
     if cfg.data is None:
         return None
     from ..data import open_data
+    from ..data.recipe import AugmentOptions
 
     return open_data(cfg.data, image_size=cfg.image_size, workers=cfg.workers, decode=cfg.decode, progress=False,
-                     data_root=cfg.data_root)
+                     data_root=cfg.data_root, augment=AugmentOptions.from_mapping(cfg.augment), ra_reps=cfg.ra_reps,
+                     cache=cfg.data_cache)
 
 
 def _build_subjects(cfg: BenchConfig, device: torch.device, say: Say, only: str | None = None,
@@ -343,12 +348,17 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     train_flops, infer_flops = 3 * 2 * macs, 2 * macs
     baseline_what = baseline_description(cfg, shape)[0] if cfg.baseline else None
 
-    decode = None
-    if data is not None and data.info.name == "folder":
+    decode, augment = None, None
+    if data is not None and hasattr(data, "decode_choice"):  # streamed folder data
         from .decode import measure_decode
 
         say("decode: timing one worker and the loader on a sample of the training files ...")
         decode = measure_decode(data, device, seed=cfg.seed)  # before any subject: nothing else runs meanwhile
+    elif data is not None and data.augment.recipe.active:
+        from .decode import measure_augment
+
+        say("augmentation: timing the in-memory batches through the recipe ...")
+        augment = measure_augment(data, device, cfg.batch_size, seed=cfg.seed)
     memory: dict[str, int] = {}
     subjects = _build_subjects(cfg, device, say, memory=memory if cfg.memory else None, data=data)
     peak_subject, peak_work = None, 0.0
@@ -389,6 +399,10 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
                           "child process: peak RSS (VmHWM) minus RSS before building, 2 steps"),
     }  # fmt: skip
     decode_figures = None
+    if augment is not None:
+        training = train_series["ours"].median
+        decode_figures = {**augment, "training_images_per_s": training,
+                          "delivered_over_training": augment["images_per_s"] / training}
     if decode is not None:
         training = train_series["ours"].median
         decode_figures = {**decode.as_dict(), "delivered": decode.delivered, "training_images_per_s": training,

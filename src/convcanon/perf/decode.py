@@ -34,6 +34,7 @@ class DecodeThroughput:
     choice_line: str  # ... in words, with the figures of an automatic choice
     gpu: float | None = None  # images/s the GPU-decode loader delivers (CUDA only)
     gpu_error: str | None = None  # why there is no GPU figure on a CUDA device
+    augment: str = ""  # the per-sample training transform timed, in words (the recipe's)
 
     @property
     def delivered(self) -> float:
@@ -88,8 +89,28 @@ def measure_decode(source, device: torch.device, *, sample: int = AUTO_SAMPLE, s
     return DecodeThroughput(
         per_worker=per_worker, sample=len(per_sample), workers=source.workers, cpus=usable_cpus(), loader=loader,
         loader_images=len(loader_sample), choice=choice.mode, choice_line=choice.describe(), gpu=gpu,
-        gpu_error=gpu_error,
+        gpu_error=gpu_error, augment=source.info.augment,
     )  # fmt: skip
 
 
-__all__ = ["DecodeThroughput", "loader_rate", "measure_decode"]
+def measure_augment(source, device: torch.device, batch_size: int, *, seconds: float = 2.0,
+                    seed: int = 0) -> dict[str, Any]:
+    """Images/s an in-memory source (digits, CIFAR, a folder held in memory) delivers through its recipe on
+    ``device`` (gather, augment, normalize; no model): its training batches of epoch 0, after one warm-up batch, for
+    about ``seconds``."""
+    batch = min(batch_size, source.info.train_size)
+    batches = source.train_batches(0, batch, seed=seed, device=device)
+    next(batches)
+    count, t0 = 0, time.perf_counter()
+    for x, _ in batches:
+        if device.type == "cuda":
+            x.sum().item()
+        count += len(x)
+        if time.perf_counter() - t0 > seconds:
+            break
+    rate = count / (time.perf_counter() - t0) if count else float("nan")
+    return {"kind": "memory", "images_per_s": rate, "batch_size": batch, "augment": source.info.augment,
+            "cache": source.info.recipe.get("cache", "")}
+
+
+__all__ = ["DecodeThroughput", "loader_rate", "measure_augment", "measure_decode"]

@@ -72,8 +72,14 @@ def format_report(result: Any) -> str:
 
 
 def _decode_lines(d: dict[str, Any]) -> list[str]:
+    if d.get("kind") == "memory":
+        ratio = d["delivered_over_training"]
+        verdict = "keeps up with" if ratio >= 1 else "is the bottleneck of"
+        return [f"augmentation on the device (in-memory data; {d['augment']}):",
+                f"  loader      {d['images_per_s']:10.1f} images/s  (batches of {d['batch_size']}, no workers)",
+                f"  it {verdict} ours' training step: {ratio:.2f}x of {d['training_images_per_s']:.1f} images/s"]
     lines = [
-        "decode (folder data; per sample: read + PIL decode + RandomResizedCrop + flip + to tensor):",
+        f"decode (folder data; per sample: read + PIL decode + {d.get('augment') or 'crop + flip'} + to tensor):",
         f"  per worker  {d['per_worker']:10.1f} images/s  (one process, {d['sample']} files)",
         f"  loader      {d['loader']:10.1f} images/s  ({d['workers']} workers, {d['cpus']} CPUs usable, "
         f"{d['loader_images']} files)",

@@ -24,6 +24,9 @@ Schedule = Literal["cosine", "step", "constant"]
 PipelineSchedule = Literal["gpipe", "1f1b"]
 PipelineBalance = Literal["flops", "time"]
 Decode = Literal["auto", "cpu", "gpu"]
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+Policy = Literal["none", "trivialaugment", "randaugment", "autoaugment"]
+DataCache = Literal["auto", "memory", "stream"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,22 @@ class TrainConfig:
     skip_bad: bool = False  # leave undecodable files out (still fails above 1% bad)
     workers: int = 2  # DataLoader worker processes for file data
     decode: Decode = "auto"  # folder JPEGs: gpu = nvJPEG on CUDA; auto = gpu only where a timed sample is faster
+    data_cache: DataCache = "auto"  # folder data: memory = decoded once into one tensor; auto = when it fits
+
+    # augmentation, timm's names and meanings; None or empty = the data set's default (data/recipe.py), printed at start
+    hflip: float | None = None  # probability of a horizontal flip (digits: 0, CIFAR and folders: 0.5)
+    scale: list[float] = field(default_factory=list)  # random-resized crop: area fraction MIN MAX (folders: 0.08 1)
+    ratio: list[float] = field(default_factory=list)  # random-resized crop: aspect ratio MIN MAX (3/4 4/3)
+    pad: int | None = None  # pad-and-crop: zero padding in pixels (digits and CIFAR: 1/8 of the side)
+    interpolation: Interpolation = "bilinear"
+    aa: Policy = "none"  # a torchvision.transforms.v2 policy
+    reprob: float = 0.0  # random erasing probability
+    mean: list[float] = field(default_factory=list)  # per channel, 0..1 scale (default: the data set's, or ImageNet's)
+    std: list[float] = field(default_factory=list)
+    train_crop_size: int | None = None  # side of training batches (default: --image-size)
+    val_resize_size: int | None = None  # evaluation: resize to this, then
+    val_crop_size: int | None = None  # take the center crop of this side (default: --image-size)
+    ra_reps: int = 1  # repeated augmentation: each image K times in a row of the epoch's order
     init: str | None = None  # start from these weights (train/finetune.py): a run, weights file, .pth, torchvision:NAME
     freeze: str = "none"  # none | backbone (train the head only) | backbone:K (and the body's last K blocks)
     head_lr_mult: float = 1.0  # the head's learning rate is lr x this
@@ -178,6 +197,18 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
         "weight_decay", "warmup_epochs", "aux_weight", "grad_clip")),
     ("dist_timeout", lambda v: math.isfinite(v) and v > 0, "a number of seconds > 0"),
     ("head_lr_mult", lambda v: math.isfinite(v) and v > 0, "a finite factor > 0"),
+    ("ra_reps", lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+    *((key, lambda v: v is None or 0 <= v <= 1, "a probability in [0, 1]") for key in ("hflip",)),
+    ("reprob", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("pad", lambda v: v is None or 0 <= v <= MAX_IMAGE_SIZE, f"pixels from 0 to {MAX_IMAGE_SIZE}"),
+    *((key, lambda v: v is None or 1 <= v <= MAX_IMAGE_SIZE, f"a side in pixels from 1 to {MAX_IMAGE_SIZE}")
+      for key in ("train_crop_size", "val_resize_size", "val_crop_size")),
+    ("scale", lambda v: not v or (len(v) == 2 and 0 < v[0] <= v[1] <= 1), "two area fractions MIN MAX, 0 < MIN <= "
+     "MAX <= 1"),
+    ("ratio", lambda v: not v or (len(v) == 2 and 0 < v[0] <= v[1] and math.isfinite(v[1])), "two aspect ratios MIN "
+     "MAX, 0 < MIN <= MAX"),
+    ("mean", lambda v: all(0 <= m <= 1 for m in v), "one value per channel in [0, 1]"),
+    ("std", lambda v: all(0 < m < math.inf for m in v), "one value per channel > 0"),
     ("milestones", lambda v: all(m >= 0 for m in v) and v == sorted(set(v)), "increasing epochs >= 0"),
     ("pipeline_split", lambda v: all(n >= 1 for n in v), "layers per stage, each >= 1"),
 )
@@ -200,7 +231,16 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
     if cfg.decode == "gpu" and cfg.device == "cpu":
         raise ValueError(f"{where}: --decode gpu decodes JPEGs on a CUDA device, and --device is cpu: use --decode "
                          "auto or cpu")
+    _validate_augmentation(cfg, where)
     _validate_scaling(cfg, where)
+
+
+def _validate_augmentation(cfg: TrainConfig, where: str) -> None:
+    if cfg.pad is not None and cfg.scale:
+        raise ValueError(f"{where}: --pad and --scale are two crop modes (pad-and-crop, random-resized crop): give one")
+    if cfg.val_crop_size and cfg.val_resize_size and cfg.val_crop_size > cfg.val_resize_size:
+        raise ValueError(f"{where}: --val-crop-size ({cfg.val_crop_size}) must be at most --val-resize-size "
+                         f"({cfg.val_resize_size}): the center crop is taken from the resized image")
 
 
 def _validate_scaling(cfg: TrainConfig, where: str) -> None:
@@ -293,9 +333,36 @@ _FLAG_HELP = {
               "device in batches, auto = gpu only on CUDA and only when timing 64 files says it is faster",
 }
 
+_FLAG_HELP.update({
+    "data_cache": "folder data: memory = decode the tree once into one uint8 tensor and augment whole batches on the "
+                  "device; stream = decode every epoch in the DataLoader workers; auto = memory when the images share "
+                  "one square size and fit in half the memory",
+    "hflip": "horizontal-flip probability (not given: the data set's: 0 for the digits, 0.5 for CIFAR and folders)",
+    "scale": "random-resized crop: the crop's area fraction MIN MAX (folders: 0.08 1); switches in-memory data from "
+             "pad-and-crop to it",
+    "ratio": "random-resized crop: aspect ratio MIN MAX (default 0.75 1.333)",
+    "pad": "pad-and-crop for small images: zero padding in pixels, then a random crop back (not given: 1/8 of the side "
+           "for the digits and CIFAR, none for folders)",
+    "interpolation": "resampling of the random-resized crop, the policies and the evaluation resize",
+    "aa": "augmentation policy of torchvision.transforms.v2: trivialaugment (TrivialAugmentWide), randaugment, "
+          "autoaugment (ImageNet policy)",
+    "reprob": "random-erasing probability (torchvision's RandomErasing; erased pixels take the mean colour)",
+    "mean": "normalization mean per channel, 0..1 scale (not given: the data set's; `convcanon scan --stats` measures "
+            "a folder's)",
+    "std": "normalization std per channel (not given: the data set's)",
+    "train_crop_size": "side of the training crops (not given: --image-size); FixRes: train 176, evaluate 232/224",
+    "val_resize_size": "evaluation resize before the center crop (not given: the crop x 256/224 for folders, the "
+                       "crop for in-memory data)",
+    "val_crop_size": "evaluation center crop (not given: --image-size)",
+    "ra_reps": "repeated augmentation: each image K times in the same global batch, differently augmented "
+               "(torchvision's --ra-sampler, --ra-reps)",
+})
+
 # The groups of flags other commands share with train (``add_shared_flags``).
 MODEL_FLAGS = ("model", "model_options")
 DATA_FLAGS = ("data", "data_root", "image_size", "workers", "decode")
+AUGMENT_FLAGS = ("hflip", "scale", "ratio", "pad", "interpolation", "aa", "reprob", "mean", "std", "train_crop_size",
+                 "val_resize_size", "val_crop_size", "ra_reps", "data_cache")
 ENGINE_FLAGS = ("amp", "channels_last", "compile", "deterministic", "device")
 
 _TRAIN_DEFAULT: Any = object()
@@ -376,7 +443,9 @@ def _add_flag(parser: argparse.ArgumentParser, key: str, override: FlagOverride,
     elif typing.get_origin(annotation) is Literal:
         parser.add_argument(*names, dest=key, choices=(*args, *override.extra_choices), default=value, help=helptext)
     elif typing.get_origin(annotation) is list:
-        parser.add_argument(*names, dest=key, type=int, nargs="+", default=value, help=helptext)
+        metavar = ("MIN", "MAX") if key in ("scale", "ratio") else None
+        parser.add_argument(*names, dest=key, type=args[0], nargs=2 if metavar else "+", metavar=metavar,
+                            default=value, help=helptext)
     else:
         base = next((a for a in (args or (annotation,)) if a is not type(None)), str)
         parser.add_argument(*names, dest=key, type=base, default=value, help=helptext)

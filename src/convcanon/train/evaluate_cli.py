@@ -85,13 +85,16 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int 
     data settings of their run. ``amp`` None: the run's own setting (``auto`` resolves on this device as training did),
     so that on the machine that trained, the figures are the ones training logged."""
     from ..data import open_data
+    from ..data.recipe import AugmentOptions
     from .engine import resolve_engine
 
     weights, cfg, out_dir = _load(path)
     spec = data or cfg["data"]
+    # The run's evaluation sizes and normalization; a data set of its own (``data``) keeps its own statistics.
+    options = AugmentOptions.from_mapping({k: v for k, v in cfg.items() if data is None or k not in ("mean", "std")})
     source = open_data(spec, image_size=image_size or cfg.get("image_size"), workers=cfg.get("workers", 2),
-                       decode=cfg.get("decode", "auto"), progress=False,
-                       data_root=data_root or cfg.get("data_root"))
+                       decode=cfg.get("decode", "auto"), progress=False, augment=options,
+                       cache=cfg.get("data_cache", "stream"), data_root=data_root or cfg.get("data_root"))
     info = source.info
     options = dict(cfg.get("model_options") or {})
     if "in_chans" in model_options(cfg["model"]):

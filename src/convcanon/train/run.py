@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..data.recipe import describe_info
 from ..io import RunLock, atomic_write_json, atomic_write_text, remove_stale_temps
 from . import checkpoint as ckpt
 from . import engine as engine_lib
@@ -162,12 +163,15 @@ class Run:
     def _build(self) -> None:
         """Seeds, data, model, engine, plan, placement, and the checkpoint's state when resuming."""
         from ..data import open_data
+        from ..data.recipe import AugmentOptions
 
         cfg, ctx, state = self.cfg, self.ctx, self.state
         set_deterministic(cfg.deterministic)
         seed_everything(cfg.seed)
         self.data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
-                              progress=cfg.progress and ctx.is_main, decode=cfg.decode, data_root=cfg.data_root)
+                              progress=cfg.progress and ctx.is_main, decode=cfg.decode, data_root=cfg.data_root,
+                              augment=AugmentOptions.from_mapping(to_dict(cfg)), ra_reps=cfg.ra_reps,
+                              cache=cfg.data_cache)
         info = self.data.info
         model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
                             image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere
@@ -203,6 +207,7 @@ class Run:
         self.say(f"{cfg.model} on {info.name}: {info.train_size} train / {info.test_size} test images, "
                  f"{info.num_classes} classes, {info.in_chans}x{info.image_size}x{info.image_size}; device "
                  f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
+        self.say(describe_info(info))
         self.say(plan.describe())
         for line in [*self.engine.describe(), *lines]:
             self.say(line)

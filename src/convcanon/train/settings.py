@@ -8,7 +8,8 @@ opens and writes nothing; in order:
 2. the device, and the precision on it: ``--device cuda`` without CUDA, ``--amp fp16`` off CUDA (``bf16`` runs on every
    device, ``auto`` cannot be wrong); ``--decode gpu`` where the GPU decoder cannot run;
 3. the data spec (``data.parse_data``): its form, its folder and the folder's kind, the shape of its batches; nothing
-   is read, decoded or scanned;
+   is read, decoded or scanned; the augmentation against it (a mean and std per channel, ``--decode gpu`` only with
+   the default recipe);
 4. the model: its name, its options (names and types, then the constructor's own checks) and the input the data will
    feed it, by building it on the meta device (shapes only: no memory, no initialization); ``in_chans`` and
    ``num_classes`` come from the data, never from ``--model-option``;
@@ -20,6 +21,7 @@ opens and writes nothing; in order:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -27,8 +29,9 @@ import torch
 from torch import nn
 
 from ..data import DataSpec, parse_data
+from ..data.recipe import IMAGENET_RATIO, IMAGENET_SCALE, OPTION_KEYS
 from ..registry import create_model, model_info, model_options
-from .config import TrainConfig, validate
+from .config import TrainConfig, flag_name, validate
 from .distributed import resolve_device
 from .engine import resolve_amp
 from .finetune import check_freeze, check_init
@@ -49,11 +52,29 @@ def check_settings(cfg: TrainConfig, where: str = "config") -> DataSpec:
     if cfg.amp != "auto":  # auto resolves to what the device has: never an error
         resolve_amp(cfg.amp, device)
     data = parse_data(cfg.data, image_size=cfg.image_size, decode=cfg.decode, data_root=cfg.data_root)
-    check_model(cfg, data)
+    check_augmentation(cfg, data)
+    smallest = min(s for s in (data.image_size, cfg.train_crop_size, cfg.val_crop_size) if s)
+    check_model(cfg, dataclasses.replace(data, image_size=smallest))
     check_freeze(cfg.freeze)
     if cfg.init is not None:
         check_init(cfg.init, cfg.model)
     return data
+
+
+def check_augmentation(cfg: TrainConfig, data: DataSpec) -> None:
+    """What the augmentation settings can get wrong against the data: one mean and std per channel, the GPU decoder
+    (torchvision's default recipe only)."""
+    for key in ("mean", "std"):
+        values = getattr(cfg, key)
+        if values and len(values) != data.in_chans:
+            raise ValueError(f"--{key} gives {len(values)} value(s) and --data {cfg.data} has {data.in_chans} "
+                             f"channel(s): give one per channel")
+    default = {"hflip": 0.5, "scale": list(IMAGENET_SCALE), "ratio": list(IMAGENET_RATIO), "interpolation": "bilinear",
+               "aa": "none", "reprob": 0.0}  # the folder recipe the GPU decoder runs
+    custom = [k for k in OPTION_KEYS if getattr(cfg, k) not in (None, [], default.get(k))]
+    if cfg.decode == "gpu" and custom:
+        raise ValueError(f"--decode gpu runs torchvision's default folder recipe only, and {flag_name(custom[0])} "
+                         "changes it: use --decode cpu or auto")
 
 
 def check_model(cfg: TrainConfig, data: DataSpec) -> None:
@@ -97,4 +118,4 @@ def build_model(name: str, options: dict[str, Any], *, num_classes: int, in_chan
     return model
 
 
-__all__ = ["build_model", "check_model", "check_settings"]
+__all__ = ["build_model", "check_augmentation", "check_model", "check_settings"]
