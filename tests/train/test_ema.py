@@ -146,9 +146,9 @@ def test_an_average_that_differs_between_processes_stops_the_run():
     ("cutmix", float("inf"), "a finite number >= 0"),
     ("mixup_prob", 1.5, r"a probability in \[0, 1\]"),
     ("mixup_switch_prob", -0.1, r"a probability in \[0, 1\]"),
-    ("model_ema_decay", 1.0, r"a number in \(0, 1\), e\.g\. 0\.998"),
-    ("model_ema_decay", 0.0, r"a number in \(0, 1\), e\.g\. 0\.998"),
-    ("model_ema_decay", float("nan"), r"a number in \(0, 1\), e\.g\. 0\.998"),
+    ("model_ema_decay", 1.0, r"a number in \(0, 1\), e\.g\. 0\.995"),
+    ("model_ema_decay", 0.0, r"a number in \(0, 1\), e\.g\. 0\.995"),
+    ("model_ema_decay", float("nan"), r"a number in \(0, 1\), e\.g\. 0\.995"),
     ("model_ema_steps", 0, "an integer >= 1"),
 ])  # fmt: skip
 def test_bad_values_name_their_flag_and_range(key, value, valid):

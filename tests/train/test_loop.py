@@ -154,12 +154,12 @@ _SYNCS = ("item", "__bool__", "__float__", "__int__", "tolist")
 
 
 def _count_host_syncs_in_loop(monkeypatch) -> dict[str, int]:
-    """Count the run skeleton's, the strategy's and the step's own reads of tensor values on the host (each is a
-    device sync on a GPU)."""
-    from convcanon.train import run, step, strategy
+    """Count the run skeleton's, the strategy's, the step's, the weight average's and the batch mixing's own reads of
+    tensor values on the host (each is a device sync on a GPU)."""
+    from convcanon.train import ema, mixing, run, step, strategy
 
     counts = {"n": 0}
-    files = {module.__file__ for module in (run, step, strategy)}
+    files = {module.__file__ for module in (run, step, strategy, ema, mixing)}
     for name in _SYNCS:
         original = getattr(torch.Tensor, name)
 
@@ -180,7 +180,8 @@ def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypa
     reads = []
     for steps in (6, 18):
         counts["n"] = 0
-        _run(tmp_path, f"r{steps}", epochs=1, batch_size=16, max_steps=steps, log_every=1000, amp=amp)
+        _run(tmp_path, f"r{steps}", epochs=1, batch_size=16, max_steps=steps, log_every=1000, amp=amp, mixup=0.2,
+             cutmix=1.0, model_ema=True)
         reads.append(counts["n"])
     assert reads[0] == reads[1] > 0, reads
 
