@@ -7,7 +7,7 @@ parameters and floating-point buffers, i.e. batch norm's running statistics, ave
   as ``swa_utils.get_ema_multi_avg_fn``); integer buffers (batch norm's step counter) are copied;
 - the decay per update is ``1 - (1 - --model-ema-decay) x global batch x --model-ema-steps / --epochs``, clipped to
   [0, 1] (torchvision's ``adjust``): the average then spans about ``--epochs / (1 - DECAY)`` images whatever the batch
-  and the interval (the main job: 30 / 0.002 = 15,000 images, about 10 of its 30 epochs);
+  and the interval (the main job: 40 / 0.005 = 8,000 images, about 6 of its 40 epochs);
 - during warmup the average is a copy of the weights (torchvision resets it each warmup step), so it starts from the
   warmed-up model rather than from the random initialization.
 
