@@ -15,6 +15,10 @@ only, a discrete jump that grows to ~1e-2 in a few steps: measured here, a singl
 2 threads (no second process at all) part by 0.8% in one weight gradient at step 4 with ReLU, by 3e-6 after 20 steps
 with tanh. A tolerance test of "same algorithm" needs the smooth network; the equivalence itself holds for any model.
 Workers and references all compute with one thread, for the same reason.
+
+Every run mixes its batches (MixUp and CutMix, label smoothing) and keeps a weight average: the draws are the same on
+every rank and pairs stay inside a rank's even shard (``train.mixing``), and every rank holds the same average
+(``train.ema``; the run checks it at every checkpoint), so the equivalence covers them too.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ from convcanon.train.run import train
 
 STEPS = 20
 PER_RANK = 40
+RECIPE = {"mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1, "model_ema": True, "model_ema_decay": 0.99}
 
 
 def _args(out: Path, *extra: str, batch_norm: bool = False, per_rank: int = PER_RANK, steps: int = STEPS) -> list[str]:
     args = ["train", "--model", "resnet20", "--data", "digits", "--epochs", "2", "--max-steps", str(steps),
             "--batch-size", str(per_rank), "--lr", "0.01", "--schedule", "constant", "--warmup-epochs", "0",
             "--workers", "0", "--no-progress", "--deterministic", "--amp", "off", "--log-every", "5", "--out", str(out)]
+    args += [f for key, value in RECIPE.items() for f in (
+        ["--model-ema"] if value is True else ["--" + key.replace("_", "-"), str(value)])]
     args += ["--model-option", "activation=tanh"]
     if not batch_norm:
         args += ["--model-option", "batch_norm=false"]
@@ -53,7 +60,8 @@ def _single(out: Path, *, batch_norm: bool = False, steps: int = STEPS, **kw) ->
     options = {"activation": "tanh", **({} if batch_norm else {"batch_norm": False})}
     cfg = TrainConfig(model="resnet20", model_options=options, data="digits", epochs=2, max_steps=steps,
                       batch_size=2 * PER_RANK, lr=0.01, schedule="constant", warmup_epochs=0.0, workers=0,
-                      progress=False, deterministic=True, amp="off", log_every=5, out=str(out), **kw)  # fmt: skip
+                      progress=False, deterministic=True, amp="off", log_every=5, out=str(out),
+                      **{**RECIPE, **kw})  # fmt: skip
     _train_one_thread(cfg)
     return _weights(out)
 
@@ -92,6 +100,12 @@ def _assert_same_algorithm(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor
     assert not bad, {k: (a[k] - b[k]).abs().max().item() for k in bad}
 
 
+def _ema(run: Path) -> dict[str, torch.Tensor]:
+    """The weight average of the run's last checkpoint, and its update counter."""
+    state, _ = ckpt.load_latest(run)
+    return {**state["ema"]["module"], "updates": torch.tensor(float(state["ema"]["updates"]))}
+
+
 def _evals(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
 
@@ -122,11 +136,20 @@ def test_two_processes_equal_one_process_with_twice_the_batch(two_procs, tmp_pat
     assert two_eval["samples"] == one_eval["samples"] == 360
     assert abs(two_eval["top1"] - one_eval["top1"]) <= 100 / 360 + 1e-9  # at most one borderline image flips
     assert two_eval["loss"] == pytest.approx(one_eval["loss"], rel=1e-4)
+    # The weight average: the same on both ranks (checked by the run at each checkpoint), and the one process's.
+    _assert_same_algorithm(_ema(run), _ema(ref_run))
+    assert abs(two_eval["ema_top1"] - one_eval["ema_top1"]) <= 100 / 360 + 1e-9
+    assert two_eval["ema_loss"] == pytest.approx(one_eval["ema_loss"], rel=1e-4)
     # The logged training loss is the mean over both ranks' shards, the global batch's loss: one process's figure.
     # 1e-5 relative: float32 means of 40 averaged against means of 80; a single rank's loss is off by ~1e-2.
     two_losses, one_losses = ([r["loss"] for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
                                if r["kind"] == "train"] for p in (run, ref_run))
     assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    # Training top-1 (each mixed image counted by its labels' weights) over the same images: at most one
+    # borderline prediction apart in a window (the smallest has 2 steps of 80 images: 0.625 points).
+    two_top1, one_top1 = ([r["top1"] for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())
+                           if r["kind"] == "train"] for p in (run, ref_run))
+    assert two_top1 == pytest.approx(one_top1, abs=0.63)
     # Only rank 0 prints: the plan line appears once.
     assert output.count("global batch 80") == 1
 

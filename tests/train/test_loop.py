@@ -154,12 +154,12 @@ _SYNCS = ("item", "__bool__", "__float__", "__int__", "tolist")
 
 
 def _count_host_syncs_in_loop(monkeypatch) -> dict[str, int]:
-    """Count the run skeleton's, the strategy's and the step's own reads of tensor values on the host (each is a
-    device sync on a GPU)."""
-    from convcanon.train import run, step, strategy
+    """Count the run skeleton's, the strategy's, the step's, the weight average's and the batch mixing's own reads of
+    tensor values on the host (each is a device sync on a GPU)."""
+    from convcanon.train import ema, mixing, run, step, strategy
 
     counts = {"n": 0}
-    files = {module.__file__ for module in (run, step, strategy)}
+    files = {module.__file__ for module in (run, step, strategy, ema, mixing)}
     for name in _SYNCS:
         original = getattr(torch.Tensor, name)
 
@@ -180,7 +180,8 @@ def test_the_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypa
     reads = []
     for steps in (6, 18):
         counts["n"] = 0
-        _run(tmp_path, f"r{steps}", epochs=1, batch_size=16, max_steps=steps, log_every=1000, amp=amp)
+        _run(tmp_path, f"r{steps}", epochs=1, batch_size=16, max_steps=steps, log_every=1000, amp=amp, mixup=0.2,
+             cutmix=1.0, model_ema=True)
         reads.append(counts["n"])
     assert reads[0] == reads[1] > 0, reads
 
@@ -200,10 +201,24 @@ def test_model_too_big_for_the_data_is_an_error_before_work(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # Bit-exact resume through a real process killed with SIGKILL
 
+# The batch-level regularizers and the weight average on: their draws and their state must survive the kill too.
+RECIPE = ("--mixup", "0.4", "--cutmix", "1.0", "--mixup-prob", "0.8", "--label-smoothing", "0.1", "--model-ema",
+          "--model-ema-decay", "0.99", "--model-ema-steps", "2")
+
+
 def _cli(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "convcanon", "train", "--model", "resnet20", "--epochs", "2", "--batch-size", "64",
             "--deterministic", "--checkpoint-every", "3", "--no-progress", "--workers", "0", "--out", str(out),
-            "--seed", "3", *extra]
+            "--seed", "3", *RECIPE, *extra]
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The final weights and, from the last checkpoint, the raw weights and the weight average with its counter."""
+    state, _ = ckpt.load_latest(run_dir)
+    return {**{f"final.{k}": v for k, v in _weights(run_dir).items()},
+            **{f"raw.{k}": v for k, v in state["model"].items()},
+            **{f"ema.{k}": v for k, v in state["ema"]["module"].items()},
+            "ema updates": torch.tensor(state["ema"]["updates"])}
 
 
 def _env():
@@ -231,7 +246,7 @@ def _kill_after_checkpoint(out: Path, min_step: int, *extra: str) -> None:
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
     subprocess.run(_cli(out), env=_env(), check=True, stdout=subprocess.DEVNULL)
-    return _weights(out)
+    return _final_state(out)
 
 
 @pytest.mark.parametrize("min_step", [4, 25])  # mid-epoch 1, and mid-epoch 2 (22 steps per epoch)
@@ -239,7 +254,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted, min_step):
     out = tmp_path / "run"
     _kill_after_checkpoint(out, min_step)
     subprocess.run(_cli(out, "--resume", str(out)), env=_env(), check=True, stdout=subprocess.DEVNULL)
-    resumed = _weights(out)
+    resumed = _final_state(out)
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key
@@ -285,7 +300,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, uninterrupted):
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     done = subprocess.run(_cli(out, "--resume", str(out)), env=_env(), check=True, capture_output=True, text=True)
     assert newest.name in done.stderr + done.stdout
-    resumed = _weights(out)
+    resumed = _final_state(out)
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key
 

@@ -40,6 +40,18 @@ class DataParallel(Strategy):
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        # Batch norm's running statistics differ between ranks after a step (each saw its own shard) until DDP
+        # broadcasts rank 0's at the next forward; the weight average takes rank 0's now, so that it is one average.
+        # One flat broadcast, not one per buffer; integer buffers (batch norm's step counter) agree anyway.
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        if not self.ctx.distributed or not buffers:
+            return
+        flat = torch.cat([b.detach().reshape(-1).to(buffers[0].dtype) for b in buffers])
+        torch.distributed.broadcast(flat, src=0)
+        for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            b.detach().copy_(part.view_as(b))
+
     def gather_rng(self, rng: dict[str, Any]) -> list[Any]:
         if not self.ctx.distributed:
             return [rng]

@@ -234,6 +234,8 @@ class PipelineStep(TrainStep):
     """The engine's step with the forward and backward of a batch done by the pipeline's schedule (the stage's
     layers compute under autocast themselves, see :class:`StageModule`), and clipping by the whole model's norm."""
 
+    counts_errors = False  # the schedule computes the loss inside; no stage sees the logits
+
     def __init__(self, engine: Any, stage_module: nn.Module, optimizer: torch.optim.Optimizer, task: ClassificationTask,
                  schedule: Any, *, rank: int, stages: int, grad_clip: float) -> None:
         super().__init__(engine, stage_module, optimizer, task, params=stage_module.parameters(), grad_clip=grad_clip)

@@ -32,9 +32,11 @@ from . import checkpoint as ckpt
 from . import engine as engine_lib
 from .config import TrainConfig, dump_yaml, to_dict
 from .distributed import restart_count
+from .ema import ModelEma, better, resolve_model_ema
 from .evaluate import eval_batch_size
 from .finetune import apply_init, freeze, read_init
 from .metrics import MetricsLog
+from .mixing import BatchMixing
 from .optim import Plan, lr_at
 from .reproducibility import restore_rng_state, seed_everything, set_deterministic
 from .rundir import claim_new_run_dir, default_run_dir, restarted_run, run_facts
@@ -54,6 +56,8 @@ class RunResult:
     final: dict[str, Any] = field(default_factory=dict)  # last evaluation
     best_top1: float | None = None
     seconds: float = 0.0
+    final_ema: dict[str, Any] = field(default_factory=dict)  # the weight average's last evaluation (--model-ema)
+    weights: str = "raw"  # what model.safetensors holds: raw (the final weights) or ema (their average, when better)
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, strategy: Strategy | None = None,
@@ -75,6 +79,9 @@ class Run:
         self.step, self.epoch, self.start_batch = 0, 0, 0
         self.best_top1: float | None = None
         self.final: dict[str, Any] = {}
+        self.final_ema: dict[str, Any] = {}
+        self.eval_step: int | None = None  # the step of the last evaluation
+        self.weights = "raw"
         self.saved_step: int | None = None
 
     def say(self, msg: str) -> None:
@@ -118,7 +125,8 @@ class Run:
             if self.lock is not None:
                 self.lock.release()
         self.strategy.teardown()
-        return RunResult(self.run_dir, self.step, self.epoch, self.plan, self.final, self.best_top1, seconds)
+        return RunResult(self.run_dir, self.step, self.epoch, self.plan, self.final, self.best_top1, seconds,
+                         self.final_ema, self.weights)
 
     # ---- start
 
@@ -184,6 +192,9 @@ class Run:
         self.engine = engine_lib.engine_for(cfg, ctx.device, model)
         self.plan = self.strategy.plan(cfg, self.data)
         self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
+        self.mixing = BatchMixing.from_config(cfg, info.num_classes)
+        use_ema, self.ema_reason = resolve_model_ema(cfg)
+        self.ema = ModelEma.for_run(cfg, self.plan, self.placement.model) if use_ema else None
         if state is not None:
             try:
                 self.strategy.load_state(self.placement, state)
@@ -193,9 +204,12 @@ class Run:
             self.step, self.epoch = state["step"], state["epoch"]
             metrics = state.get("metrics", {})
             if state["batch_in_epoch"] == 0 and "top1" in metrics:  # written at the end of an epoch: its evaluation
-                self.final = {k: v for k, v in metrics.items() if k != "best_top1"}
+                self.final = {k: v for k, v in metrics.items() if k not in ("best_top1", "ema")}
+                self.final_ema, self.eval_step = metrics.get("ema", {}), self.step
             self.start_batch = self.strategy.resume_position(state, cfg, self.plan, self.data, self.say)
             self.best_top1 = state.get("metrics", {}).get("best_top1")
+            if self.ema is not None and "ema" in state:  # a checkpoint from before the average: it starts anew
+                self.ema.load_state_dict(state["ema"])
 
     def _write_run_files(self) -> None:
         cfg, ctx, info, plan = self.cfg, self.ctx, self.data.info, self.plan
@@ -209,7 +223,9 @@ class Run:
                  f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
         self.say(describe_info(info))
         self.say(plan.describe())
-        for line in [*self.engine.describe(), *lines]:
+        regularizers = [self.mixing.describe()] if self.mixing else []
+        regularizers += [self.ema.describe(self.ema_reason)] if self.ema else [f"weight EMA: off ({self.ema_reason})"]
+        for line in [*self.engine.describe(), *lines, *regularizers]:
             self.say(line)
         resumed = self.state is not None
         # A resumed run's log is cut back to its checkpoint (to nothing when there was none yet).
@@ -230,6 +246,9 @@ class Run:
         record = {
             "plan": self.plan.__dict__, "amp": self.engine.amp, "engine": self.engine.as_dict(),
             "world_size": ctx.world_size, "backend": ctx.backend, "strategy": self.strategy.name, **extra,
+            "model_ema": {"decay_per_update": self.ema.decay, "every_steps": self.ema.interval,
+                          "why": self.ema_reason} if self.ema else None,
+            "mixing": self.mixing.describe() if self.mixing else None,
             **run_facts(ctx.device), "data": dict(self.data.info.__dict__),
         }  # fmt: skip
         if self.init_facts is not None:
@@ -258,6 +277,8 @@ class Run:
         if cfg.max_steps and self.step >= cfg.max_steps:
             return True
         batches = iter(self.strategy.train_batches(self.data, self.epoch, cfg, self.start_batch))
+        if self.mixing is not None:
+            batches = self.mixing.batches(batches, self.epoch, self.start_batch)
         self.placement.model.train()
         step_fn.net.train()
         for group_start in range(self.start_batch, nb, k):
@@ -265,6 +286,9 @@ class Run:
             lr = lr_at(self.step, plan)
             self.loss_window += step_fn(itertools.islice(batches, count), count, lr, self.step)
             self.step += 1
+            if self.ema is not None and self.ema.due(self.step):
+                self.strategy.sync_buffers(self.placement.model)
+                self.ema.update(self.placement.model, self.step)
             self.window_steps += 1
             self.window_images += plan.global_batch if count == k else plan.global_batch // k * count
             self.progress.update(1)
@@ -323,27 +347,44 @@ class Run:
         # The mean over every process's micro-batches, i.e. over the global batch (a collective: every process logs
         # at the same steps); one process's loss alone would be a sample of one shard. A pipeline's stages other than
         # the last hold zeros, so the sum is the last stage's loss.
+        # Training top-1 over the same images, against their labels (a mixed image's by each label's weight:
+        # ``task.errors``), in the same all-reduce.
         _, data_world = self.strategy.data_world()
-        mean_loss = self.ctx.all_reduce_sum(self.loss_window).item() / (self.window_steps * data_world)
+        step_fn = self.placement.step
+        totals = torch.stack([self.loss_window, step_fn.reset_errors().to(self.loss_window.dtype)])
+        loss_sum, wrong = self.ctx.all_reduce_sum(totals).tolist()
+        mean_loss = loss_sum / (self.window_steps * data_world)
         ips = self.window_images / max(now - self.window_t0, 1e-9)
-        self.log.log("train", self.step, epoch=self.epoch + epoch_fraction, loss=mean_loss, lr=lr, images_per_s=ips)
+        top1 = {"top1": 100.0 * (1.0 - wrong / self.window_images)} if step_fn.counts_errors else {}
+        self.log.log("train", self.step, epoch=self.epoch + epoch_fraction, loss=mean_loss, lr=lr, images_per_s=ips,
+                     **top1)
         self.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
         self.loss_window.zero_()
         self.window_steps, self.window_images, self.window_t0 = 0, 0, time.perf_counter()
 
     def _evaluate_and_save(self) -> None:
         t_eval = time.perf_counter()
-        final = self.strategy.evaluate(self.placement, self.data, self.engine, eval_batch_size(self.cfg.batch_size))
+        batch = eval_batch_size(self.cfg.batch_size)
+        final = self.strategy.evaluate(self.placement, self.data, self.engine, batch)
+        ema: dict[str, Any] = {}
+        if self.ema is not None:  # beside the raw model, in the same precision, over the same exact split
+            ema = self.strategy.evaluate_module(self.ema.module, self.data, self.engine, batch)
         self.window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
         is_best = self.best_top1 is None or final["top1"] > self.best_top1
         self.best_top1 = final["top1"] if is_best else self.best_top1
-        self.final = final
-        self.log.log("eval", self.step, epoch=self.epoch + 1, **{k: v for k, v in final.items() if k != "confusion"})
+        self.final, self.final_ema, self.eval_step = final, ema, self.step
+        self.log.log("eval", self.step, epoch=self.epoch + 1, **{k: v for k, v in final.items() if k != "confusion"},
+                     **{f"ema_{k}": v for k, v in ema.items() if k not in ("confusion", "samples")})
         self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, final))
-        self._save(0, self.epoch + 1, {**final, "best_top1": self.best_top1}, best=is_best)
+        if ema:
+            self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, ema, "EMA "))
+        metrics = {**final, "best_top1": self.best_top1, **({"ema": ema} if ema else {})}
+        self._save(0, self.epoch + 1, metrics, best=is_best)
 
     def _save(self, batch_in_epoch: int, epoch: int, metrics: dict[str, Any], best: bool = False) -> None:
         self.saved_step = self.step
+        if self.ema is not None:  # a collective, like the next line: every process holds the same average
+            self.strategy.check_same_everywhere(self.ema.fingerprint(), "the weight average (--model-ema)")
         part = self.strategy.checkpoint_state(self.placement)  # a collective; None except on the main process
         if part is None:
             return
@@ -354,6 +395,7 @@ class Run:
             "config": to_dict(self.cfg), "metrics": metrics, "model_name": self.cfg.model,
             "num_classes": info.num_classes, "in_chans": info.in_chans, "image_size": info.image_size,
             "weights": self.record(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }, keep_last=self.cfg.keep_checkpoints, best=best)  # fmt: skip
 
     def record(self) -> dict[str, Any]:
@@ -369,25 +411,41 @@ class Run:
         weights = self.strategy.full_state_dict(self.placement)  # a collective; None except on the main process
         if weights is None:
             return
-        final, run_dir = self.final, self.run_dir
-        ckpt.save_safetensors(weights, run_dir / "model.safetensors", metadata=as_metadata(self.record()))
+        final, ema, run_dir = self.final, self.final_ema, self.run_dir
+        # The average, when it evaluates better than the final weights (both evaluated after the last step).
+        if ema and self.eval_step == self.step and better(ema, final):
+            self.weights = "ema"
+            weights = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
+        ckpt.save_safetensors(weights, run_dir / "model.safetensors",
+                              metadata=as_metadata({**self.record(), "chosen": self.weights}))
+        shown = {"final": final, **({"final_ema": ema} if ema else {})}
         atomic_write_json(run_dir / "summary.json", {
-            "steps": self.step, "epochs": self.epoch, "final": {k: v for k, v in final.items() if k != "confusion"},
-            "best_top1": self.best_top1, "seconds": round(seconds, 2), "train_seconds": round(self.train_seconds, 2),
+            "steps": self.step, "epochs": self.epoch,
+            **{key: {k: v for k, v in res.items() if k != "confusion"} for key, res in shown.items()},
+            "weights": self.weights, "best_top1": self.best_top1, "seconds": round(seconds, 2),
+            "train_seconds": round(self.train_seconds, 2),
         })  # fmt: skip
         if final:
-            self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%) in "
-                     f"{seconds:.1f} s; weights in {run_dir / 'model.safetensors'}")
+            self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%)"
+                     f"{_ema_words(ema, self.weights)} in {seconds:.1f} s; weights in {run_dir / 'model.safetensors'}"
+                     f"{' (the EMA)' if self.weights == 'ema' else ''}")
         else:
             why = f" (--max-steps {self.cfg.max_steps})" if self.cfg.max_steps else ""
             self.say(f"stopped at step {self.step}{why} after {seconds:.1f} s; continue with: convcanon train --resume "
                      f"{run_dir}")
 
 
-def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any]) -> str:
+def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any], what: str = "") -> str:
     top5 = f", top-5 {result['top5']:.2f}%" if "top5" in result else ""
-    return (f"epoch {epoch}/{epochs} (step {step}): test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%"
+    return (f"epoch {epoch}/{epochs} (step {step}): {what}test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%"
             f"{top5} on {result['samples']} images")
+
+
+def _ema_words(ema: dict[str, Any], weights: str) -> str:
+    if not ema:
+        return ""
+    chosen = "kept: better" if weights == "ema" else "not kept: not better"
+    return f", EMA {ema['top1']:.2f}% ({chosen})"
 
 
 class _Lines:

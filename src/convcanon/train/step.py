@@ -78,8 +78,11 @@ class TrainStep:
     autocast context and the input memory format; ``task`` the loss (``task.loss(output, target)``) and the errors
     counted on the training batches (``task.errors(output, target)``, a tensor or None); ``params`` are the parameters
     whose gradient norm ``grad_clip`` bounds (the unwrapped model's). A strategy whose step differs (the pipeline)
-    overrides :meth:`forward_backward` and :meth:`clip`.
+    overrides :meth:`forward_backward` and :meth:`clip` (and sets ``counts_errors`` False when it counts no training
+    errors).
     """
+
+    counts_errors = True
 
     def __init__(self, engine: Any, net: nn.Module, optimizer: torch.optim.Optimizer, task: Any, *,
                  params: Iterable[nn.Parameter] | None = None, grad_clip: float = 0.0,
@@ -94,7 +97,8 @@ class TrainStep:
         device = engine.device
         self.scaler = torch.amp.GradScaler(device.type, enabled=engine.amp == "fp16")
         self.watch = NonFiniteWatch(device)
-        self.wrong = torch.zeros((), dtype=torch.long, device=device)  # the task's errors since reset_errors()
+        # The task's errors since reset_errors(); float: a mixed batch's misses are fractions (task.errors).
+        self.wrong = torch.zeros((), dtype=torch.float32, device=device)
 
     def __call__(self, batches: Iterable[tuple[Tensor, Tensor]], count: int, lr: float, index: int) -> Tensor:
         """Run step ``index`` (0-based) over the ``count`` micro-batches of ``batches`` at learning rate ``lr``;

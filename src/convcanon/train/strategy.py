@@ -116,8 +116,29 @@ class Strategy:
         return net
 
     def evaluate(self, placement: Placement, data: Any, engine: Any, batch_size: int) -> dict[str, Any]:
-        return evaluate(placement.eval_net, data, self.ctx, batch_size=batch_size, autocast=engine.autocast,
+        return self.evaluate_module(placement.eval_net, data, engine, batch_size)
+
+    def evaluate_module(self, module: nn.Module, data: Any, engine: Any, batch_size: int) -> dict[str, Any]:
+        """The exact evaluation of ``module`` (the same on every process: the raw model, or its weight average)."""
+        return evaluate(module, data, self.ctx, batch_size=batch_size, autocast=engine.autocast,
                         channels_last=engine.channels_last)
+
+    # ---- the weight average (train.ema)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Make ``model``'s buffers the same on every process before they are averaged (data parallelism: rank 0's, as
+        DDP's next forward would)."""
+
+    def check_same_everywhere(self, fingerprint: torch.Tensor, what: str) -> None:
+        """Raise when ``fingerprint`` (float64 sums) differs between processes (a collective; nothing in a world of
+        one)."""
+        if not self.ctx.distributed:
+            return
+        high = self.ctx.all_reduce_max(fingerprint.clone())
+        low = -self.ctx.all_reduce_max(-fingerprint)
+        if not torch.equal(high, low):
+            raise RuntimeError(f"{what} differs between processes ({int((high != low).sum())} tensor(s)): a bug; "
+                               "please report it with the run's command")
 
     # ---- checkpoints
 
