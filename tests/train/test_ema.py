@@ -211,5 +211,5 @@ def test_a_run_evaluates_the_average_beside_the_model_and_keeps_the_better(tmp_p
     weights = ckpt.load_safetensors(out / "model.safetensors")
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert f.metadata()["weights"] == chosen
+        assert f.metadata()["chosen"] == chosen
     assert ("EMA " + f"{summary['final_ema']['top1']:.2f}%") in text.splitlines()[-1]

@@ -169,3 +169,20 @@ def test_fine_tuning_torchvision_weights_on_a_folder_through_the_cli(tmp_path, c
     for key in (k for k in state if k.endswith(".weight") and not k.startswith(("fc.", "bn")) and ".bn" not in k):
         assert torch.equal(weights[key], state[key]), key  # the backbone is the file's: frozen from step 0
     assert weights["fc.weight"].shape == (3, 512)
+
+
+def test_torchvision_weights_bring_their_normalization_into_the_run(tmp_path, hub, capsys):
+    import yaml
+
+    hub.mkdir(parents=True)
+    _torchvision_resnet18(hub / "resnet18-f37072fd.pth")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet18", "--data", "synthetic:3:32:4", "--init",
+                 "torchvision:ResNet18_Weights.IMAGENET1K_V1", "--max-steps", "1", "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "normalization from --init torchvision:ResNet18_Weights.IMAGENET1K_V1: mean [0.485, 0.456, 0.406]" in (
+        capsys.readouterr().out)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["mean"] == [0.485, 0.456, 0.406] and cfg["std"] == [0.229, 0.224, 0.225]  # a resume reads them here
+    record = convcanon.train.weights.read_weights(run).record
+    assert record["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])

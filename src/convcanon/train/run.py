@@ -15,6 +15,7 @@ A standard set named without a path (``--data cifar10``) is downloaded before th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import signal
@@ -34,7 +35,7 @@ from .config import TrainConfig, dump_yaml, to_dict
 from .distributed import restart_count
 from .ema import ModelEma, better, resolve_model_ema
 from .evaluate import eval_batch_size
-from .finetune import apply_init, freeze, read_init
+from .finetune import InitWeights, apply_init, freeze, read_init
 from .metrics import MetricsLog
 from .mixing import BatchMixing
 from .optim import Plan, lr_at
@@ -173,7 +174,9 @@ class Run:
         from ..data import open_data
         from ..data.recipe import AugmentOptions
 
-        cfg, ctx, state = self.cfg, self.ctx, self.state
+        state = self.state
+        init = self._read_init() if self.cfg.init is not None and state is None else None  # may set mean and std
+        cfg, ctx = self.cfg, self.ctx
         set_deterministic(cfg.deterministic)
         seed_everything(cfg.seed)
         self.data = open_data(cfg.data, image_size=cfg.image_size, skip_bad=cfg.skip_bad, workers=cfg.workers,
@@ -184,10 +187,8 @@ class Run:
         model = build_model(cfg.model, cfg.model_options, num_classes=info.num_classes, in_chans=info.in_chans,
                             image_size=info.image_size, for_what=f"--data {cfg.data}")  # the same weights everywhere
         self.init_facts: dict[str, Any] | None = None
-        if cfg.init is not None and state is None:  # a resumed run's weights are its checkpoint's
-            source = read_init(cfg.init, cfg.model, cfg.model_options, num_classes=info.num_classes,
-                               in_chans=info.in_chans)
-            self.init_facts = apply_init(model, source, self.say)
+        if init is not None:  # a resumed run's weights are its checkpoint's
+            self.init_facts = apply_init(model, init, self.say)
         freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
         self.engine = engine_lib.engine_for(cfg, ctx.device, model)
         self.plan = self.strategy.plan(cfg, self.data)
@@ -210,6 +211,21 @@ class Run:
             self.best_top1 = state.get("metrics", {}).get("best_top1")
             if self.ema is not None and "ema" in state:  # a checkpoint from before the average: it starts anew
                 self.ema.load_state_dict(state["ema"])
+
+    def _read_init(self) -> InitWeights:
+        """``--init``'s weights, read before the data opens: a source that records how its inputs were normalized
+        (torchvision's weights, a convcanon record) gives the run its mean and std unless ``--mean``/``--std`` are
+        given; they go into the run's config, so that a resume normalizes the same way."""
+        from ..data import parse_data
+
+        cfg = self.cfg
+        spec = parse_data(cfg.data, image_size=cfg.image_size, decode=cfg.decode, data_root=cfg.data_root)
+        init = read_init(cfg.init, cfg.model, cfg.model_options, num_classes=spec.num_classes, in_chans=spec.in_chans)
+        if init.mean and init.std and not cfg.mean and not cfg.std and len(init.mean) == spec.in_chans:
+            mean, std = [round(m, 6) for m in init.mean], [round(v, 6) for v in init.std]
+            self.cfg = dataclasses.replace(cfg, mean=mean, std=std)
+            self.say(f"normalization from --init {cfg.init}: mean {mean}, std {std} (--mean/--std override it)")
+        return init
 
     def _write_run_files(self) -> None:
         cfg, ctx, info, plan = self.cfg, self.ctx, self.data.info, self.plan
