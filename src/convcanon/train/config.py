@@ -345,8 +345,8 @@ _FLAG_HELP = {
                                 "compute",
     "mixup": "MixUp (Zhang et al. 2018): each batch blended with itself paired up, weight ~ Beta(ALPHA, ALPHA), "
              "the targets blended alike (timm's --mixup); 0 = off",
-    "cutmix": "CutMix (Yun et al. 2019): a box of the paired image pasted in, area ~ Beta(ALPHA, ALPHA), targets "
-              "weighted by area (timm's --cutmix); 0 = off",
+    "cutmix": "CutMix (Yun et al. 2019): a box of the paired image pasted in, its area 1 - lam with lam ~ Beta(ALPHA, "
+              "ALPHA), the targets weighted by area (timm's --cutmix); 0 = off",
     "mixup_prob": "the chance that a batch is mixed when --mixup or --cutmix is on",
     "mixup_switch_prob": "with both --mixup and --cutmix: the chance that a mixed batch uses CutMix",
     "model_ema": "evaluate and keep an exponential moving average of the weights beside them; auto = on for the "
