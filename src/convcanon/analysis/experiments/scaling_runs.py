@@ -118,14 +118,14 @@ def ddp_pair(model: str, batch_size: int, steps: int, lr: float, timeout_s: int,
 
     common = {"model": model, "data": data, "lr": lr, "base_batch": 256, "warmup_epochs": 0.0, "epochs": 1,
               "max_steps": steps, "seed": seed, "deterministic": True, "device": "cpu", "schedule": "constant",
-              "amp": "off"}
+              "amp": "off", "label_smoothing": 0.0, "model_ema": False}  # the plain step: no default recipe
     with tempfile.TemporaryDirectory(prefix="convcanon-ddp-") as tmp:
         ddp_dir, single_dir = Path(tmp) / "ddp", Path(tmp) / "single"
         flags = ["--model", model, "--data", data, "--batch-size", str(batch_size), "--lr", str(lr),
                  "--base-batch", "256", "--warmup-epochs", "0", "--schedule", "constant", "--epochs", "1",
                  "--max-steps", str(steps),
                  "--seed", str(seed), "--deterministic", "--device", "cpu", "--amp", "off", "--no-progress",
-                 "--log-every", "1"]
+                 "--log-every", "1", "--label-smoothing", "0", "--no-model-ema"]
         flags += ["--sync-bn"] if sync_bn else []
         tracking = ["--checkpoint-every", "1", "--keep-checkpoints", str(steps + 1), "--out", str(ddp_dir)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
