@@ -255,7 +255,7 @@ def _remount(where: Path, options: str) -> None:
 
 
 def test_a_full_disk_names_the_file_keeps_the_checkpoints_and_the_run_resumes(tmp_path):
-    with _tmpfs(tmp_path / "disk", "3m") as disk:
+    with _tmpfs(tmp_path / "disk", "6m") as disk:  # one checkpoint (3.4 MB: model, momentum, average) fits
         out = disk / "run"
         cmd = [sys.executable, "-m", "convcanon", "train", *FAST, "--checkpoint-every", "4", "--keep-checkpoints",
                "10", "--out", str(out)]
@@ -270,7 +270,7 @@ def test_a_full_disk_names_the_file_keeps_the_checkpoints_and_the_run_resumes(tm
 
 
 def test_a_read_only_out_is_refused_and_eval_still_prints_its_figures(finished, tmp_path, capsys):
-    with _tmpfs(tmp_path / "disk", "16m") as disk:
+    with _tmpfs(tmp_path / "disk", "48m") as disk:
         run = _copy(finished, disk / "run")
         _remount(disk, "ro")
         assert _train(disk / "new") == 74

@@ -289,8 +289,9 @@ def test_sigkill_then_resume_is_bit_exact_with_every_augmentation_option(tmp_pat
     recipe = json.loads((out / "run.json").read_text())["data"]["recipe"]
     assert (recipe["train_crop"], recipe["val_resize"], recipe["val_crop"], recipe["reprob"]) == (10, 12, 11, 0.25)
     # The weights carry the fixed preprocessing of their inputs: evaluation's resize, crop and normalization.
-    pre = json.loads(ckpt.safetensors_metadata(out / "model.safetensors")["preprocess"])
+    pre = json.loads(ckpt.safetensors_metadata(out / "model.safetensors")["preprocessing"])
     assert (pre["resize"], pre["crop"], len(pre["mean"]), len(pre["std"])) == (12, 11, 1, 1)
+    assert pre["input_size"] == [1, 11, 11]
 
 
 def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, uninterrupted):
