@@ -186,3 +186,12 @@ def test_torchvision_weights_bring_their_normalization_into_the_run(tmp_path, hu
     assert cfg["mean"] == [0.485, 0.456, 0.406] and cfg["std"] == [0.229, 0.224, 0.225]  # a resume reads them here
     record = convcanon.train.weights.read_weights(run).record
     assert record["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("backbone:11", "--freeze backbone:11: resnet20 has 10 body blocks; K must be at most 10"),
+    ("head", "--freeze must be none, backbone (train the head only) or backbone:K"),
+])  # fmt: skip
+def test_a_freeze_the_model_cannot_take_is_refused_before_the_run(tmp_path, capsys, spec, says):
+    assert main(["train", "--freeze", spec, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "run").exists()

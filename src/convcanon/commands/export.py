@@ -32,9 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.export import export_model
+    from ..deploy.export import check_target, export_model
     from ..train.weights import load_model
 
+    check_target(args.format, args.out)  # before the weights are read
     model = load_model(args.weights)
     report = export_model(model, args.format, args.out, dynamic_batch=args.dynamic_batch)
     diff = "not run" if report.max_abs_diff is None else f"{report.max_abs_diff:.2e}"

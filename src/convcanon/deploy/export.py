@@ -48,15 +48,21 @@ def sample_batches(model: nn.Module, dynamic_batch: bool, seed: int = 0) -> list
     return [torch.randn((n, *shape), generator=gen) for n in ((2, 3) if dynamic_batch else (2,))]
 
 
-def export_model(model: nn.Module, fmt: str, out: str | Path, *, dynamic_batch: bool = False) -> ExportReport:
-    """Export ``model`` (eval mode, CPU, fp32) as ``fmt`` to ``out``, reload it and compare (module docstring). The
-    artifact is written beside ``out`` under a temporary name and renamed to ``out`` only when it passes: a failed
-    export leaves no file that looks good."""
+def check_target(fmt: str, out: str | Path) -> Path:
+    """``out`` as a Path, once ``fmt`` is known and ``out`` has its suffix; else a ValueError naming the flag."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out)
     if out.suffix != SUFFIXES[fmt]:
         raise ValueError(f"--out {out}: a {fmt} file ends in {SUFFIXES[fmt]}")
+    return out
+
+
+def export_model(model: nn.Module, fmt: str, out: str | Path, *, dynamic_batch: bool = False) -> ExportReport:
+    """Export ``model`` (eval mode, CPU, fp32) as ``fmt`` to ``out``, reload it and compare (module docstring). The
+    artifact is written beside ``out`` under a temporary name and renamed to ``out`` only when it passes: a failed
+    export leaves no file that looks good."""
+    out = check_target(fmt, out)
     model = model.float().cpu().eval()
     batches = sample_batches(model, dynamic_batch)
     with torch.no_grad():
@@ -101,8 +107,8 @@ def _onnx(model: nn.Module, x: Tensor, out: Path, dynamic: bool) -> tuple[Any, d
 
 
 def _exported_program(model: nn.Module, x: Tensor, out: Path, dynamic: bool) -> tuple[Any, dict[str, Any]]:
-    shapes = ({"x": {0: torch.export.Dim("batch", min=1)}},) if dynamic else None
-    program = torch.export.export(model, (x,), dynamic_shapes=shapes[0] if shapes else None)
+    shapes = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
+    program = torch.export.export(model, (x,), dynamic_shapes=shapes)
     torch.export.save(program, out)
     loaded = torch.export.load(out).module()
     return (lambda batch: loaded(batch)), {"runtime": f"torch {torch.__version__} (torch.export.load)"}
@@ -119,4 +125,4 @@ def _torchscript(model: nn.Module, x: Tensor, out: Path, dynamic: bool) -> tuple
     return (lambda batch: loaded(batch)), {"runtime": f"torch {torch.__version__} (torch.jit.load)"}
 
 
-__all__ = ["ExportReport", "FORMATS", "SUFFIXES", "TOLERANCE", "export_model", "sample_batches"]
+__all__ = ["ExportReport", "FORMATS", "SUFFIXES", "TOLERANCE", "check_target", "export_model", "sample_batches"]

@@ -45,10 +45,15 @@ class InitWeights:
     std: tuple[float, ...] | None = None
 
 
-def check_freeze(spec: str) -> None:
+def check_freeze(spec: str, model: nn.Module | None = None) -> None:
+    """``--freeze``'s form, and with ``model`` (built on the meta device) that K is at most its body's blocks."""
     if not _FREEZE.fullmatch(spec):
         raise ValueError(f"--freeze must be none, backbone (train the head only) or backbone:K (the head and the last "
                          f"K blocks); got {spec!r}")
+    if model is not None and ":" in spec:
+        blocks = len(model.feature_blocks())
+        if int(spec.split(":")[1]) > blocks:
+            raise ValueError(f"--freeze {spec}: {model.name} has {blocks} body blocks; K must be at most {blocks}")
 
 
 def check_init(source: str, model: str) -> None:

@@ -55,7 +55,6 @@ def check_settings(cfg: TrainConfig, where: str = "config") -> DataSpec:
     check_augmentation(cfg, data)
     smallest = min(s for s in (data.image_size, cfg.train_crop_size, cfg.val_crop_size) if s)
     check_model(cfg, dataclasses.replace(data, image_size=smallest))
-    check_freeze(cfg.freeze)
     if cfg.init is not None:
         check_init(cfg.init, cfg.model)
     return data
@@ -85,8 +84,9 @@ def check_model(cfg: TrainConfig, data: DataSpec) -> None:
             raise ValueError(f"--model-option {key}={cfg.model_options[key]}: {why.format(spec=cfg.data, value=have)}; "
                              f"leave the option out")
     with torch.device("meta"):
-        build_model(cfg.model, cfg.model_options, num_classes=data.num_classes, in_chans=data.in_chans,
-                    image_size=data.image_size, for_what=f"--data {cfg.data}")
+        model = build_model(cfg.model, cfg.model_options, num_classes=data.num_classes, in_chans=data.in_chans,
+                            image_size=data.image_size, for_what=f"--data {cfg.data}")
+    check_freeze(cfg.freeze, model)
 
 
 def build_model(name: str, options: dict[str, Any], *, num_classes: int, in_chans: int, image_size: int,
