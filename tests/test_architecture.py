@@ -27,7 +27,7 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {}
 # DESIGN.md's dependency direction: (the modules a rule is about, what they must not import, why). A name covers the
 # module and everything under it. Above all of them, the CLI: test_only_the_command_line_imports_the_commands.
 _TRAINING_AND_ABOVE = ("convcanon.train", "convcanon.parallel", "convcanon.perf", "convcanon.estimate",
-                       "convcanon.analysis", "convcanon.commands", "convcanon.cli")
+                       "convcanon.analysis", "convcanon.deploy", "convcanon.commands", "convcanon.cli")
 RULES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("convcanon.io",), ("convcanon",),
      "io is the bottom layer: everything that writes uses it, so it uses nothing of the package"),
@@ -35,12 +35,15 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
      "models know nothing of training or of the tools built on it"),
     (("convcanon.data",), (*_TRAINING_AND_ABOVE, "convcanon.models", "convcanon.layers", "convcanon.registry"),
      "data sources know nothing of models or training"),
-    (("convcanon.train",), ("convcanon.parallel", "convcanon.analysis", "convcanon.perf", "convcanon.commands",
-                            "convcanon.cli"),
+    (("convcanon.train",), ("convcanon.parallel", "convcanon.analysis", "convcanon.perf", "convcanon.deploy",
+                            "convcanon.commands", "convcanon.cli"),
      "strategies plug into the run skeleton, never the reverse; perf and analysis use the engine; the CLI is a "
      "layer over train, not under it"),
     (("convcanon.parallel",), ("convcanon.perf", "convcanon.analysis", "convcanon.commands", "convcanon.cli"),
      "strategies plug into the run skeleton; the tools and the CLI sit above them"),
+    (("convcanon.deploy",), ("convcanon.parallel", "convcanon.perf", "convcanon.analysis", "convcanon.commands",
+                             "convcanon.cli"),
+     "using a trained model needs the weights and the data's preprocessing, not the training tools or the CLI"),
 ]  # fmt: skip
 
 
