@@ -37,7 +37,7 @@ from ..layers import (
     windows,
 )
 from ..registry import Option, register_model, without
-from .base import CanonModel, weighted_groups
+from .base import CanonModel, holds_values, weighted_groups
 
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
@@ -162,7 +162,9 @@ class AlexNet(CanonModel):
                                 grid=layout.pool_size, hidden=layout.hidden, dropout_first=True,
                                 dropout_in_classifier=True))  # fmt: skip
 
-        if layout.init == "paper":
+        if not holds_values(self):
+            pass
+        elif layout.init == "paper":
             self._init_as_paper()
         elif layout.init == "kaiming":
             for m in self.modules():

@@ -83,7 +83,7 @@ from ..layers import (
     windows,
 )
 from ..registry import Option, register_model, with_defaults, without
-from .base import CanonModel
+from .base import CanonModel, holds_values
 
 _BN_EPS = 1e-3  # torchvision's BasicConv2d (inherited from TF-slim's Inception); kept for every BN variant here
 _AUX_DROPOUT = 0.7  # paper Sec. 5: "dropout layer with 70% ratio of dropped outputs"
@@ -288,7 +288,8 @@ class GoogLeNet(CanonModel):
         self.set_head(make_head(head, channels, num_classes, dropout=dropout, activation=activation,
                                 grid=cfg.fc_grid, hidden=cfg.fc_hidden))  # fmt: skip
 
-        init_weights(self, batch_norm=batch_norm)
+        if holds_values(self):
+            init_weights(self, batch_norm=batch_norm)
         self.min_size = self._min_size()
         self.describe(image_size=cfg.image_size, stages=self._stages(cfg))
 

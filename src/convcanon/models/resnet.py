@@ -32,7 +32,7 @@ from ..layers import (
     windows,
 )
 from ..registry import Option, register_model, without
-from .base import CanonModel
+from .base import CanonModel, holds_values
 
 _FC_HIDDEN = 4096  # hidden width of the AlexNet/VGG tower used by head="fc"
 
@@ -98,6 +98,8 @@ def init_weights(model: nn.Module, *, activation: str, zero_init_residual: bool)
     ``zero_init_residual`` zeroes the last BN scale of each residual branch so every block starts as the identity
     (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1).
     """
+    if not holds_values(model):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=activation)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from ..layers import (
     windows,
 )
 from ..registry import Option, register_model, without
-from .base import CanonModel, weighted_groups
+from .base import CanonModel, holds_values, weighted_groups
 
 KERNEL_KINDS: tuple[str, ...] = ("stack", "large")
 
@@ -118,7 +118,7 @@ class VGG(CanonModel):
 
         # torchvision's init: Kaiming normal (fan_out) convs, N(0, 0.01) Linears, zero biases. The paper initialized
         # config A from N(0, 0.01) and the deeper nets from A's trained layers; Kaiming makes that staging unneeded.
-        for m in self.modules():
+        for m in self.modules() if holds_values(self) else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:

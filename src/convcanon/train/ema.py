@@ -51,6 +51,7 @@ class ModelEma:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.interval, self.warmup_steps = decay, interval, warmup_steps
         self.updates = 0  # averaging updates since the last copy (0: the next update copies)
+        self._listed: tuple[nn.Module, Any, Any] | None = None
 
     @classmethod
     def for_run(cls, cfg: Any, plan: Any, model: nn.Module) -> ModelEma:
@@ -69,16 +70,28 @@ class ModelEma:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Average ``model`` in after optimizer step ``step`` (1-based); call when :meth:`due`."""
-        ema_float, new_float = [], []
-        for mine, theirs in zip(self._tensors(self.module), self._tensors(model), strict=True):
-            if mine.is_floating_point() and self.updates > 0 and step > self.warmup_steps:
-                ema_float.append(mine)
-                new_float.append(theirs.detach())
-            else:
-                mine.copy_(theirs.detach())
-        if ema_float:
-            torch._foreach_lerp_(ema_float, new_float, 1.0 - self.decay)
+        floats, others = self._pairs(model)
+        if self.updates > 0 and step > self.warmup_steps:
+            if floats[0]:
+                torch._foreach_lerp_(floats[0], floats[1], 1.0 - self.decay)
+            if others[0]:
+                torch._foreach_copy_(others[0], others[1])
+        else:
+            torch._foreach_copy_(floats[0] + others[0], floats[1] + others[1])
         self.updates = self.updates + 1 if step > self.warmup_steps else 0
+
+    def _pairs(self, model: nn.Module) -> tuple[tuple[list[Tensor], list[Tensor]], tuple[list[Tensor], list[Tensor]]]:
+        """(average, model) tensor lists, floating point and not, listed once per model: walking the modules on
+        every step cost more than the update itself on the main job's small network."""
+        if self._listed is None or self._listed[0] is not model:
+            floats: tuple[list[Tensor], list[Tensor]] = ([], [])
+            others: tuple[list[Tensor], list[Tensor]] = ([], [])
+            for mine, theirs in zip(self._tensors(self.module), self._tensors(model), strict=True):
+                kind = floats if mine.is_floating_point() else others
+                kind[0].append(mine)
+                kind[1].append(theirs)
+            self._listed = (model, floats, others)
+        return self._listed[1], self._listed[2]
 
     @staticmethod
     def _tensors(module: nn.Module) -> list[Tensor]:
