@@ -12,7 +12,17 @@ from torch import nn
 
 import convcanon
 from convcanon.train.config import TrainConfig, add_config_arguments, config_from_args, config_from_dict
-from convcanon.train.engine import CompiledWithFallback, DeviceFacts, engine_for, resolve_engine
+from convcanon.train.engine import (
+    FP32_MARGIN,
+    PROBE_MAX_FLOP,
+    CompiledWithFallback,
+    DeviceFacts,
+    StepShape,
+    choose_amp,
+    engine_for,
+    measure_amp,
+    resolve_engine,
+)
 
 H100 = DeviceFacts("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
 V100 = DeviceFacts("cuda", "Tesla V100-SXM2-16GB", (7, 0))
@@ -94,6 +104,84 @@ def test_real_device_facts_on_this_machine():
     facts = DeviceFacts.of("cpu")
     assert facts.type == "cpu" and facts.capability is None
     assert facts.bf16 == facts.cpu_bf16  # on a CPU, native bf16 means AVX512-BF16 or AMX in /proc/cpuinfo
+
+
+# ---- bf16 or fp32 on a CPU with native bf16: measured on the step
+
+
+def test_the_measured_rule_keeps_bf16_unless_fp32_is_clearly_faster():
+    assert choose_amp(0.100, 0.100)[0] == "bf16"  # a tie: the established default
+    assert choose_amp(0.100, 0.100 * FP32_MARGIN)[0] == "bf16"  # within the margin
+    amp, why = choose_amp(0.100, 0.100 * FP32_MARGIN * 1.01)
+    assert amp == "off" and "fp32 100 ms" in why and "faster here" in why
+    assert choose_amp(0.300, 0.100)[0] == "bf16"
+
+
+def test_the_measurement_leaves_the_model_its_gradients_and_every_generator_as_they_were():
+    torch.manual_seed(3)
+    model = convcanon.create_model("resnet20", num_classes=10, dropout=0.5).train()
+    before = copy.deepcopy(model.state_dict())
+    rng = torch.random.get_rng_state()
+    amp, why = measure_amp(model, StepShape(8, 3, 8, 10, 1e6), channels_last=True)
+    assert amp in ("off", "bf16") and "measured on this step" in why
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # batch norm's statistics too
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert model.training
+
+
+def test_a_large_step_keeps_bf16_without_running_anything():
+    class Untouchable(nn.Module):
+        def forward(self, x):
+            raise AssertionError("a step above PROBE_MAX_FLOP must not be timed")
+
+    amp, why = measure_amp(Untouchable(), StepShape(256, 3, 224, 1000, 2 * PROBE_MAX_FLOP), channels_last=True)
+    assert amp == "bf16" and "GFLOP" in why
+
+
+def test_every_process_decides_from_the_same_summed_times():
+    seen = []
+
+    def agree(times):  # another process measured bf16 as far slower: the sum decides, on every process alike
+        seen.append(times.clone())
+        return times + torch.tensor([0.0, 10.0], dtype=times.dtype)
+
+    amp, _ = measure_amp(convcanon.create_model("resnet20", num_classes=10), StepShape(4, 3, 8, 10, 1e6), True, agree)
+    assert amp == "off" and len(seen) == 1 and seen[0].shape == (2,)
+
+
+@pytest.mark.parametrize("facts", [CPU, CPU_BF16])
+def test_resolve_engine_measures_only_on_a_bf16_cpu_with_auto(facts):
+    model = convcanon.create_model("resnet20", num_classes=10)
+    shape = StepShape(4, 3, 8, 10, 1e6)
+    engine = resolve_engine(device="cpu", model=model, facts=facts, step_shape=shape)
+    assert ("measured" in engine.reasons["amp"]) == facts.cpu_bf16
+    pinned = resolve_engine(device="cpu", model=model, facts=facts, step_shape=shape, amp="bf16")
+    assert pinned.amp == "bf16" and pinned.reasons["amp"] == "as asked"
+
+
+def test_a_run_pins_the_measured_choice_in_its_config(tmp_path, monkeypatch):
+    """A resume reads config.yaml: the measured choice is written there, so that it computes as the run began."""
+    import io
+
+    from convcanon.train import engine as engine_lib
+    from convcanon.train.config import load_yaml
+    from convcanon.train.run import train
+
+    monkeypatch.setattr(engine_lib.DeviceFacts, "of", classmethod(lambda cls, device: CPU_BF16))
+    monkeypatch.setattr(engine_lib, "choose_amp", lambda fp32, bf16: ("off", "auto: measured on this step: test"))
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, max_steps=2, batch_size=32, progress=False)
+    train(cfg, out_stream=io.StringIO())
+    assert load_yaml(tmp_path / "run" / "config.yaml")["amp"] == "off"
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["amp"] == "off" and "measured" in record["engine"]["reasons"]["amp"]
+    # the measurement touched nothing: the same run with --amp off given ends with the same weights, bit for bit
+    train(TrainConfig(out=str(tmp_path / "given"), epochs=1, max_steps=2, batch_size=32, progress=False, amp="off"),
+          out_stream=io.StringIO())
+    from safetensors.torch import load_file
+
+    measured, given = (load_file(tmp_path / name / "model.safetensors") for name in ("run", "given"))
+    assert measured.keys() == given.keys() and all(torch.equal(measured[k], given[k]) for k in measured)
 
 
 # ---- config: None = auto, flags on top

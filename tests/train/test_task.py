@@ -31,3 +31,16 @@ def test_auxiliary_heads_train_through_the_wrapper_with_the_papers_weight():
     assert all(p.grad is not None for p in model.aux1.parameters()) and model.aux2.fc2.weight.grad is not None
     with torch.no_grad():
         assert net.eval()(x).aux == ()  # evaluation: the logits only, as the model's own forward
+
+
+def test_label_smoothing_auto_is_the_main_jobs_recipe_on_the_digits_only():
+    from convcanon.train.config import TrainConfig
+    from convcanon.train.task import MAIN_JOB_LABEL_SMOOTHING, ClassificationTask, resolve_label_smoothing
+
+    assert resolve_label_smoothing(TrainConfig()) == (MAIN_JOB_LABEL_SMOOTHING, "auto: the main job's recipe")
+    for data in ("synthetic:3:8:10", "cifar10", "folder:/some/photos"):
+        smoothing, why = resolve_label_smoothing(TrainConfig(data=data))
+        assert smoothing == 0.0 and why.startswith("auto: off")  # the papers' recipes and torchvision's default
+    assert resolve_label_smoothing(TrainConfig(data="cifar10", label_smoothing=0.2)) == (0.2, "as asked")
+    assert resolve_label_smoothing(TrainConfig(label_smoothing=0.0)) == (0.0, "as asked")
+    assert ClassificationTask.for_run(TrainConfig(data="cifar10", aux_weight=0.5)) == ClassificationTask(0.0, 0.5)

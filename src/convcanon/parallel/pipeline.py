@@ -293,7 +293,7 @@ class Pipeline(Strategy):
         stage_module = engine.prepare_model(StageModule(self.layers[start:end], autocast, engine.memory_format))
         self.names = parameter_names(model)  # after the moves: a move to another device makes new tensors
         optimizer = build_optimizer(stage_module, cfg, ctx.device)
-        task = ClassificationTask(label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
+        task = ClassificationTask.for_run(cfg)
         schedule = make_schedule(stage_module, ctx.rank, stages, ctx.device, micro, cfg.pipeline_schedule, task.loss,
                                  shapes, self.split)
         step = PipelineStep(engine, stage_module, optimizer, task, schedule, rank=ctx.rank, stages=stages,

@@ -151,14 +151,22 @@ def build_model(cfg: BenchConfig, shape: Shape) -> nn.Module:
 
 
 def _engine(cfg: BenchConfig, device: torch.device, model: nn.Module, *,
-            activation_checkpointing: bool | None = None):
+            activation_checkpointing: bool | None = None, step_shape: Any = None):
     from ..train.engine import resolve_engine
 
     ckpt = cfg.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
     return resolve_engine(
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-        activation_checkpointing=ckpt, deterministic=cfg.deterministic,
+        activation_checkpointing=ckpt, deterministic=cfg.deterministic, step_shape=step_shape,
     )  # fmt: skip
+
+
+def _step_shape(cfg: BenchConfig, shape: Shape) -> Any:
+    """What ``train`` gives the engine for its measured bf16-or-fp32 choice on a CPU."""
+    from ..train.engine import StepShape
+
+    return StepShape.of(cfg.model, cfg.model_options, batch=cfg.batch_size, in_chans=shape.in_chans,
+                        side=shape.image_size, num_classes=shape.num_classes)
 
 
 def _synthetic(shape: Shape, batch: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
@@ -342,7 +350,8 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     data = _open_data(cfg)
     shape = resolve_shape(cfg, data.info if data is not None else None)
     model = build_model(cfg, shape)
-    engine = _engine(cfg, device, model)
+    engine = _engine(cfg, device, model, step_shape=_step_shape(cfg, shape))
+    cfg = dataclasses.replace(cfg, amp=engine.amp)  # measured once: every subject runs the choice train would make
     macs = count_macs(model, (shape.in_chans, shape.image_size, shape.image_size))
     del model
     train_flops, infer_flops = 3 * 2 * macs, 2 * macs
@@ -363,8 +372,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     subjects = _build_subjects(cfg, device, say, memory=memory if cfg.memory else None, data=data)
     peak_subject, peak_work = None, 0.0
     if cfg.peak:
-        dtype = amp_dtype(engine.amp)
-        peak_subject, peak_work = peak_matmul_subject(device, dtype, cfg.peak_size)
+        peak_subject, peak_work = peak_matmul_subject(device, amp_dtype(engine.amp), cfg.peak_size)
 
     timed = [(s, s.train_step, float(cfg.batch_size)) for s in subjects]
     if peak_subject is not None:

@@ -8,7 +8,13 @@ prints the choices and applies them through the same ``Engine``. Every choice is
 ``--deterministic`` (turns cuDNN autotuning off). The measurements behind the automatic rules are in BENCHMARKS.md.
 
 - amp: bf16 autocast where the hardware computes in bf16 natively: GPUs of compute capability >= 8.0 (Ampere and
-  newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. Weights, optimizer state and the loss stay fp32; only the
+  newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. On such a CPU the choice is measured when the caller gives
+  the step's input shape (``StepShape``) and the step is small (at most ``PROBE_MAX_FLOP``): oneDNN's bf16 kernels
+  pay on large convolutions (ResNet-50 at 224 px: 2.3x fp32) and lose on small ones (ResNet-18 at 32 px: 0.6x), and
+  no static rule separated the two on the measured grid (BENCHMARKS.md), so ``measure_amp`` times one
+  forward-backward pass of each on a copy of the model and keeps bf16 unless fp32 is at least ``FP32_MARGIN``
+  faster (every process agrees: the times are summed over them). A run writes the choice into its config.yaml, so a
+  resume computes as the run began. Weights, optimizer state and the loss stay fp32; only the
   convolutions and matrix products round to bf16's 8-bit mantissa, which is why a run's numbers depend on the
   hardware it runs on, as they do across GPU generations: ``--amp off`` pins fp32 where they must not (exactness
   tests, comparisons across machines, the evidence report's runs). fp16 (with loss scaling) only when asked for, on
@@ -159,6 +165,77 @@ class Engine:
         return CompiledWithFallback(net, say) if self.compile else net
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """What a training step sees: micro-batches of ``batch`` images of ``in_chans`` x ``side`` x ``side``,
+    ``num_classes`` labels, ``flop`` floating-point operations per step (forward and backward; the estimator's
+    count)."""
+
+    batch: int
+    in_chans: int
+    side: int
+    num_classes: int
+    flop: float
+
+    @classmethod
+    def of(cls, model: str, options: dict[str, Any], *, batch: int, in_chans: int, side: int,
+           num_classes: int) -> StepShape:
+        """The step of ``model`` (a zoo name, built with ``options``) on such batches, its FLOPs counted by the
+        estimator (on the meta device: nothing is computed)."""
+        from ..estimate.workload import measure_workload
+
+        work = measure_workload(model, num_classes=num_classes, image_size=side, in_chans=in_chans, **options)
+        return cls(batch, in_chans, side, num_classes, work.flops_per_image * batch)
+
+
+# A step above this many FLOP is bf16's regime on the CPUs measured (and timing it would cost seconds): not measured.
+PROBE_MAX_FLOP = 100e9
+# fp32 is chosen only when this much faster than bf16: near a tie, the established default stays.
+FP32_MARGIN = 1.15
+
+
+def measure_amp(model: nn.Module, shape: StepShape, channels_last: bool,
+                agree: Callable[[Tensor], Tensor] | None = None, repeats: int = 2) -> tuple[str, str]:
+    """bf16 or fp32 (``off``) for ``model``'s training step on this CPU, and why: the fastest of ``repeats`` timed
+    forward-backward passes of each (alternating), after one warm-up each, on a copy of the model (the model, its
+    gradients and every random generator are left as they were). ``agree`` sums the two times over the processes of
+    a run."""
+    import copy
+    import time
+
+    if shape.flop > PROBE_MAX_FLOP:
+        return "bf16", (f"auto: this CPU has native bf16 (AVX512-BF16/AMX), and a step of {shape.flop / 1e9:.0f} "
+                        "GFLOP is where it pays")
+    net = copy.deepcopy(model).train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape.batch, shape.in_chans, shape.side, shape.side, generator=gen)
+    y = torch.randint(0, shape.num_classes, (shape.batch,), generator=gen)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    seconds = {"off": float("inf"), "bf16": float("inf")}
+    with torch.random.fork_rng(devices=[]):
+        for i in range(1 + repeats):  # alternating, so that a busy moment of the machine hits both alike
+            for amp in seconds:
+                t0 = time.perf_counter()
+                with autocast_factory(amp, torch.device("cpu"))():
+                    loss = nn.functional.cross_entropy(net(x), y)
+                loss.backward()
+                net.zero_grad(set_to_none=True)
+                if i:  # the first pass of each creates oneDNN's kernels
+                    seconds[amp] = min(seconds[amp], time.perf_counter() - t0)
+    times = torch.tensor([seconds["off"], seconds["bf16"]], dtype=torch.float64)
+    fp32, bf16 = (agree(times) if agree is not None else times).tolist()
+    return choose_amp(fp32, bf16)
+
+
+def choose_amp(fp32: float, bf16: float) -> tuple[str, str]:
+    """The measured rule: fp32 (``off``) when its step time ``fp32`` beats bf16's by ``FP32_MARGIN``, else bf16."""
+    measured = f"measured on this step: fp32 {1e3 * fp32:.0f} ms, bf16 {1e3 * bf16:.0f} ms"
+    if bf16 > fp32 * FP32_MARGIN:
+        return "off", f"auto: {measured}; fp32 is {bf16 / fp32:.2f}x faster here"
+    return "bf16", f"auto: {measured}; --amp off for fp32"
+
+
 def resolve_amp(amp: str, device: torch.device, facts: DeviceFacts | None = None) -> str:
     """``auto``: bf16 where the device computes in bf16 natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX), fp32
     elsewhere. ``bf16`` when asked for runs on any device (emulated where it is not native: slower, same rounding)."""
@@ -200,9 +277,12 @@ def resolve_engine(
     activation_checkpointing: bool = False,
     deterministic: bool = False,
     facts: DeviceFacts | None = None,
+    step_shape: StepShape | None = None,
+    agree: Callable[[Tensor], Tensor] | None = None,
 ) -> Engine:
     """Resolve every ``None``/``auto`` setting for ``model`` on ``device`` (described by ``facts``, read from torch by
-    default); the rules are in the module docstring."""
+    default); the rules are in the module docstring. ``step_shape`` (with ``model``) lets a CPU with native bf16
+    measure whether bf16 pays for this step; ``agree`` sums the measurements over a run's processes."""
     device = torch.device(device)
     facts = facts or DeviceFacts.of(device)
     reasons: dict[str, str] = {}
@@ -229,6 +309,9 @@ def resolve_engine(
     else:
         resolved_cl, reasons["channels_last"] = True, "auto: oneDNN's NHWC convolutions skip a reorder per call"
 
+    if amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None:
+        resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree)
+
     if compile is not None:
         resolved_compile, reasons["compile"] = compile, "as asked"
     elif activation_checkpointing:
@@ -249,11 +332,13 @@ def resolve_engine(
 
 
 def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,
-               facts: DeviceFacts | None = None) -> Engine:
+               facts: DeviceFacts | None = None, step_shape: StepShape | None = None,
+               agree: Callable[[Tensor], Tensor] | None = None) -> Engine:
     """``resolve_engine`` for a ``TrainConfig``."""
     return resolve_engine(
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing, deterministic=cfg.deterministic, facts=facts,
+        step_shape=step_shape, agree=agree,
     )  # fmt: skip
 
 
@@ -330,6 +415,7 @@ class CompiledWithFallback(nn.Module):
 
 
 __all__ = [
-    "AMP_DTYPES", "DeviceFacts", "Engine", "amp_dtype", "resolve_engine", "engine_for", "resolve_amp",
+    "AMP_DTYPES", "DeviceFacts", "Engine", "StepShape", "measure_amp", "choose_amp", "amp_dtype", "resolve_engine",
+    "engine_for", "resolve_amp",
     "autocast_factory", "CompiledWithFallback", "optimizer_kernel", "has_local_response_norm",
 ]  # fmt: skip

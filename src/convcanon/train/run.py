@@ -45,6 +45,7 @@ from .settings import build_model, check_settings
 from .signals import RunInterrupted, StopSignals
 from .step import NonFiniteLossError
 from .strategy import SingleDevice, Strategy
+from .task import describe_label_smoothing
 from .weights import as_metadata, weights_record
 
 
@@ -190,7 +191,10 @@ class Run:
         if init is not None:  # a resumed run's weights are its checkpoint's
             self.init_facts = apply_init(model, init, self.say)
         freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
-        self.engine = engine_lib.engine_for(cfg, ctx.device, model)
+        self.engine = engine_lib.engine_for(cfg, ctx.device, model, step_shape=self._step_shape(),
+                                            agree=ctx.all_reduce_sum)
+        if cfg.amp == "auto" and "measured" in self.engine.reasons.get("amp", ""):
+            self.cfg = cfg = dataclasses.replace(cfg, amp=self.engine.amp)  # config.yaml: a resume computes alike
         self.plan = self.strategy.plan(cfg, self.data)
         self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
         self.mixing = BatchMixing.from_config(cfg, info.num_classes)
@@ -211,6 +215,15 @@ class Run:
             self.best_top1 = state.get("metrics", {}).get("best_top1")
             if self.ema is not None and "ema" in state:  # a checkpoint from before the average: it starts anew
                 self.ema.load_state_dict(state["ema"])
+
+    def _step_shape(self) -> engine_lib.StepShape | None:
+        """The step's input for the engine's measured bf16-or-fp32 choice on a CPU: a new run on one device or under
+        data parallelism (a pipeline's stages see other shapes; a resumed run keeps the choice it began with)."""
+        cfg, info = self.cfg, self.data.info
+        if self.state is not None or cfg.amp != "auto" or self.strategy.name == "pipeline":
+            return None
+        return engine_lib.StepShape.of(cfg.model, cfg.model_options, batch=cfg.batch_size, in_chans=info.in_chans,
+                                       side=cfg.train_crop_size or info.image_size, num_classes=info.num_classes)
 
     def _read_init(self) -> InitWeights:
         """``--init``'s weights, read before the data opens: a source that records how its inputs were normalized
@@ -239,7 +252,8 @@ class Run:
                  f"{ctx.device}, amp {self.engine.amp}, {ctx.world_size} process(es) ({self.strategy.name})")
         self.say(describe_info(info))
         self.say(plan.describe())
-        regularizers = [self.mixing.describe()] if self.mixing else []
+        regularizers = [describe_label_smoothing(cfg)]
+        regularizers += [self.mixing.describe()] if self.mixing else []
         regularizers += [self.ema.describe(self.ema_reason)] if self.ema else [f"weight EMA: off ({self.ema_reason})"]
         for line in [*self.engine.describe(), *lines, *regularizers]:
             self.say(line)

@@ -165,7 +165,7 @@ def build_step(model: nn.Module, engine: Any, cfg: Any, *, say=print) -> tuple[n
     model = engine.prepare_model(model)
     optimizer = build_optimizer(model, cfg, engine.device)
     net = engine.maybe_compile(training_view(model), say)
-    task = ClassificationTask(label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
+    task = ClassificationTask.for_run(cfg)
     return model, TrainStep(engine, net, optimizer, task, params=model.parameters(), grad_clip=cfg.grad_clip)
 
 

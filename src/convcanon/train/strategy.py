@@ -102,7 +102,7 @@ class Strategy:
         model = self.prepare(engine.prepare_model(model), cfg)
         optimizer = build_optimizer(model, cfg, self.ctx.device)
         net = engine.maybe_compile(self.wrap(training_view(model), cfg), say)
-        task = ClassificationTask(label_smoothing=cfg.label_smoothing, aux_weight=cfg.aux_weight)
+        task = ClassificationTask.for_run(cfg)
         step = TrainStep(engine, net, optimizer, task, params=model.parameters(), grad_clip=cfg.grad_clip,
                          distributed=self.ctx.distributed)
         return Placement(model, step, net)

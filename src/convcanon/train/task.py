@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers import ModelOutput
+
+# The main job's measured recipe (BENCHMARKS.md); elsewhere the papers' and torchvision's reference default, none.
+MAIN_JOB_LABEL_SMOOTHING = 0.1
+
+
+def resolve_label_smoothing(cfg: Any) -> tuple[float, str]:
+    """``--label-smoothing`` auto: 0.1 for the embedded digits (the main job's recipe), 0 elsewhere; and why."""
+    if cfg.label_smoothing is not None:
+        return cfg.label_smoothing, "as asked"
+    if cfg.data == "digits":
+        return MAIN_JOB_LABEL_SMOOTHING, "auto: the main job's recipe"
+    return 0.0, "auto: off (on for the embedded digits only, as in the papers' recipes); timm's default is 0.1"
+
+
+def describe_label_smoothing(cfg: Any) -> str:
+    """The start-up line: the smoothing a run uses, and why."""
+    smoothing, why = resolve_label_smoothing(cfg)
+    return f"label smoothing: {smoothing:g} ({why}; --label-smoothing)"
 
 
 @dataclass(frozen=True)
@@ -20,6 +39,11 @@ class ClassificationTask:
 
     label_smoothing: float = 0.0
     aux_weight: float = 0.3
+
+    @classmethod
+    def for_run(cls, cfg: Any) -> ClassificationTask:
+        """The task of a ``TrainConfig``: its label smoothing (resolved) and auxiliary weight."""
+        return cls(label_smoothing=resolve_label_smoothing(cfg)[0], aux_weight=cfg.aux_weight)
 
     def loss(self, output: Tensor | ModelOutput, target: Tensor) -> Tensor:
         if isinstance(output, ModelOutput):
