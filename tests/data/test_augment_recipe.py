@@ -10,6 +10,7 @@ The draws are pure functions of the seed, so a passing seed passes forever: the 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -173,8 +174,12 @@ def test_repeated_augmentation_order_and_distinct_copies():
 
 
 def test_defaults_per_data_set_keep_todays_recipes():
-    digits = open_data("digits")
-    assert (digits.augment.recipe.hflip, digits.augment.recipe.pad, digits.augment.recipe.scale) == (0.0, 1, None)
+    digits = open_data("digits")  # the main job's: a mild random-resized crop, never mirrored
+    recipe = digits.augment.recipe
+    assert (recipe.hflip, recipe.pad, recipe.scale, recipe.ratio) == (0.0, 0, (0.8, 1.0), (0.9, 1.1))
+    # given flags still win over the defaults: the former recipe is one flag away
+    former = open_data("digits", augment=AugmentOptions(pad=1)).augment.recipe
+    assert (former.pad, former.scale) == (1, None)
     synthetic = open_data("synthetic", synthetic_size=16)
     assert not synthetic.augment.recipe.active
     recipe = toy(n=8, side=32).augment.recipe
@@ -202,3 +207,15 @@ def test_batch_recipe_draws_are_fixed_in_number():
     a = BatchRecipe(recipe, 8).draw(50, generator(1, 2, -1))
     b = BatchRecipe(recipe, 8).draw(50, generator(1, 2, -1))
     assert torch.equal(a.oy, b.oy) and torch.equal(a.flip, b.flip)
+
+
+@pytest.mark.parametrize("augment", [None, AugmentOptions(scale=(0.08, 1.0), hflip=0.5, train_crop_size=12)])
+def test_a_samples_augmentation_does_not_depend_on_the_batch_it_is_in(augment):
+    """The digits' default recipe (a random-resized crop) and torchvision's folder recipe: the first 192 images of an
+    epoch are the same pixels in batches of 32, of 8, or of 1."""
+    data = open_data("digits", augment=augment)
+
+    def first(batch):
+        return torch.cat([x for x, _ in itertools.islice(data.train_batches(1, batch, seed=5), 192 // batch)])
+
+    assert torch.equal(first(32), first(8)) and torch.equal(first(32), first(1))

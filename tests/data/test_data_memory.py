@@ -47,7 +47,8 @@ def test_digits_info(digits):
     assert (info.name, info.num_classes, info.in_chans, info.image_size) == ("digits", 10, 1, 8)
     assert info.classes == tuple("0123456789")
     assert (info.train_size, info.test_size) == (1437, 360)
-    assert info.augment == "pad 1 + random crop 8"  # translation only: digits are not mirror-symmetric
+    # a mild zoom and shift, never mirrored: digits are not mirror-symmetric
+    assert info.augment == "random-resized crop 8 (scale 0.8-1, ratio 0.9-1.1, bilinear)"
 
 
 def test_digits_split_is_pinned_stratified_and_disjoint():
@@ -86,7 +87,7 @@ def test_digits_resized_once():
     big = open_data("digits", image_size=16)
     x, _ = next(big.train_batches(0, 4, seed=0))
     assert x.shape == (4, 1, 16, 16) and big.info.image_size == 16
-    assert big.info.augment == "pad 2 + random crop 16"
+    assert big.info.augment == "random-resized crop 16 (scale 0.8-1, ratio 0.9-1.1, bilinear)"  # the same recipe
 
 
 def test_digits_num_classes_must_match():

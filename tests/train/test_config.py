@@ -140,3 +140,28 @@ def test_every_recipe_loads_and_is_headed_by_command_expected_hardware():
         cfg = config_from_dict(values, where=str(path))
         assert cfg.model in convcanon.list_models(), path.name
         assert header
+
+
+def test_the_main_job_recipe_file_is_the_defaults_written_out():
+    """experiments/digits_resnet20.yaml says it is `convcanon train`'s defaults: what it sets resolves to what the
+    defaults resolve to (augmentation, label smoothing and the average are auto choices for the digits)."""
+    from pathlib import Path
+
+    from convcanon.data import open_data
+    from convcanon.data.recipe import AugmentOptions
+    from convcanon.train.config import load_yaml, to_dict
+    from convcanon.train.ema import resolve_model_ema
+    from convcanon.train.task import resolve_label_smoothing
+
+    values = load_yaml(Path(__file__).resolve().parents[2] / "experiments" / "digits_resnet20.yaml")
+    written, default = config_from_dict(values, where="digits_resnet20.yaml"), TrainConfig()
+
+    def recipe(cfg):
+        return open_data(cfg.data, augment=AugmentOptions.from_mapping(to_dict(cfg))).augment.recipe
+
+    assert recipe(written) == recipe(default)
+    assert resolve_label_smoothing(written)[0] == resolve_label_smoothing(default)[0]
+    assert resolve_model_ema(written)[0] == resolve_model_ema(default)[0]
+    auto = {"scale", "ratio", "hflip", "pad", "label_smoothing", "model_ema"}
+    assert {k: getattr(written, k) for k in values if k not in auto} == {k: getattr(default, k) for k in values
+                                                                       if k not in auto}

@@ -53,8 +53,12 @@ def test_accumulation_equals_one_big_batch_without_batch_norm(tmp_path):
     # Without BN, k micro-batches of b and one batch of k*b are the same gradient: the loop scales each micro-batch's
     # loss by 1/k, and the data order puts the same k*b samples in one step either way.
     # constant LR: the cosine's length depends on steps per epoch, which differ (44 steps of 32 vs 45 of 4 x 8).
+    # The inputs are pinned to the one-pixel translation and no label smoothing: this net without BN amplifies the
+    # two groupings' rounding along its trajectory, and with the digits' default recipe (random-resized crop, label
+    # smoothing 0.1) the weights agreed to 3e-8 through step 4 but differed by 1.7e-5 at step 6 (measured; the batches
+    # themselves are identical, tested in tests/data). The claim here is about accumulation, not that trajectory.
     common = dict(model="resnet20", model_options={"batch_norm": False}, epochs=1, max_steps=6, lr=0.05,
-                  warmup_epochs=0.0, schedule="constant", deterministic=True, amp="off")
+                  warmup_epochs=0.0, schedule="constant", deterministic=True, amp="off", pad=1, label_smoothing=0.0)
     big = _weights(_run(tmp_path, "big", batch_size=32, accum_steps=1, **common))
     acc = _weights(_run(tmp_path, "acc", batch_size=8, accum_steps=4, **common))
     # 1e-5 relative: the two sums group the same float32 terms differently; 6 SGD steps amplify that rounding only a

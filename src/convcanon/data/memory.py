@@ -152,13 +152,14 @@ class InMemorySource:
 def in_memory_source(*, name: str, kind: str, classes: tuple[str, ...], source: str, spec: str,
                      train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], augment: AugmentOptions | None,
                      ra_reps: int = 1, stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-                     skipped: int = 0, crop: int | None = None) -> InMemorySource:
+                     skipped: int = 0, crop: int | None = None, defaults: str | None = None) -> InMemorySource:
     """An in-memory source of square uint8 ``train`` and ``test`` images as stored, with the recipe that ``augment``
-    asks for on top of the defaults of ``kind`` (``recipe.DEFAULTS``); ``stats``: mean and std (else measured on the
-    training images); ``crop``: the default train and eval side (else the stored side)."""
+    asks for on top of the defaults of ``defaults`` (``recipe.DEFAULTS``; ``kind``'s if not given); ``stats``: mean
+    and std (else measured on the training images); ``crop``: the default train and eval side (else the stored
+    side)."""
     side = train[0].shape[-1]
     mean, std = stats or channel_stats(train[0])
-    recipe = resolve(augment or AugmentOptions(), DEFAULTS[kind](crop or side), crop or side, mean, std)
+    recipe = resolve(augment or AugmentOptions(), DEFAULTS[defaults or kind](crop or side), crop or side, mean, std)
     test_x = eval_resize_crop(test[0], recipe.val_resize, recipe.val_crop)
     info = DataInfo(
         name=name, num_classes=len(classes), classes=classes, in_chans=train[0].shape[1], image_size=recipe.val_crop,
@@ -274,8 +275,8 @@ def digits_split(labels: Tensor, test_fraction: float = DIGITS_TEST_FRACTION,
 
 def make_digits(*, image_size: int | None = None, num_classes: int | None = None,
                 augment: AugmentOptions | None = None, ra_reps: int = 1) -> InMemorySource:
-    """The embedded 8x8 digits, 1 channel, 10 classes; by default augmented by a random translation of up to 1/8 of
-    the side and never mirrored (a mirrored 2 is no digit; ``recipe.DEFAULTS``)."""
+    """The embedded 8x8 digits, 1 channel, 10 classes; by default augmented by a mild random-resized crop (scale
+    0.8-1, ratio 0.9-1.1) and never mirrored (a mirrored 2 is no digit; ``recipe.DEFAULTS["embedded_digits"]``)."""
     grey, target = _digits_arrays()
     chans, side, classes = DIGITS_SHAPE
     # 17 grey levels 0..16 -> 0..255, rounded: the 8-bit scale every other data set uses.
@@ -288,7 +289,7 @@ def make_digits(*, image_size: int | None = None, num_classes: int | None = None
     check_num_classes(num_classes, classes, "the digits data set")
     train_idx, test_idx = digits_split(labels)
     return in_memory_source(
-        name="digits", kind="digits", classes=tuple(str(d) for d in range(classes)),
+        name="digits", kind="digits", classes=tuple(str(d) for d in range(classes)), defaults="embedded_digits",
         source="scikit-learn (sklearn.datasets.load_digits)", spec="digits", augment=augment, ra_reps=ra_reps,
         train=(images[train_idx], labels[train_idx]), test=(images[test_idx], labels[test_idx]))
 

@@ -2,8 +2,9 @@
 names and meanings) and what it resolves to for one data set (``Recipe``), with the data set's own defaults filling
 what was not asked for.
 
-The defaults per data set (``DEFAULTS``) keep each set's recipe: the digits are translated by up to 1/8 of their side
-and never mirrored (a mirrored 2 is no digit), CIFAR is padded by 4 and cropped and mirrored (ResNet paper, 4.2),
+The defaults per data set (``DEFAULTS``) keep each set's recipe: the embedded 8x8 digits get a mild random-resized
+crop (scale 0.8-1, ratio 0.9-1.1: the main job's measured recipe), MNIST is translated by up to 1/8 of its side, and
+neither is mirrored (a mirrored 2 is no digit), CIFAR is padded by 4 and cropped and mirrored (ResNet paper, 4.2),
 synthetic data is not augmented, and folder data gets torchvision's ImageNet recipe (RandomResizedCrop at scale
 0.08-1, ratio 3/4-4/3, a horizontal flip with probability 1/2; evaluation resizes to 256/224 of the crop and takes the
 center crop).
@@ -112,6 +113,7 @@ class Defaults:
     hflip: float
     pad: int = 0  # the pad-and-crop default; with --scale given it is 0
     scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] = IMAGENET_RATIO
     eval_ratio: float = 1.0  # val_resize = val_crop x this (folder data: 256/224)
 
 
@@ -120,7 +122,14 @@ def small_image_pad(side: int) -> int:
     return max(1, side // 8)
 
 
+# The embedded 8x8 digits: a mild random-resized crop (a zoom of up to 1/0.8 in area, a slight change of aspect, and
+# the shift that comes with it). Against the former pad-1-and-crop it made the main job's final figure >= 99% on each
+# of seeds 0-4 in fp32 and bf16 with two threads (BENCHMARKS.md), where pad-and-crop fell to 98.61% on one.
+EMBEDDED_DIGITS_SCALE = (0.8, 1.0)
+EMBEDDED_DIGITS_RATIO = (0.9, 1.1)
+
 DEFAULTS = {
+    "embedded_digits": lambda side: Defaults(hflip=0.0, scale=EMBEDDED_DIGITS_SCALE, ratio=EMBEDDED_DIGITS_RATIO),
     "digits": lambda side: Defaults(hflip=0.0, pad=small_image_pad(side)),
     "cifar": lambda side: Defaults(hflip=0.5, pad=small_image_pad(side)),
     "fashion": lambda side: Defaults(hflip=0.5, pad=small_image_pad(side)),  # Fashion-MNIST: clothes mirror well
@@ -151,7 +160,7 @@ def resolve(options: AugmentOptions, defaults: Defaults, side: int, mean: tuple[
     if len(mean_) != len(mean) or len(std_) != len(std):
         raise ValueError(f"--mean and --std need one value per channel: the data has {len(mean)} channel(s); got mean "
                          f"{_floats(mean_)}, std {_floats(std_)}")
-    ratio = (o.ratio[0], o.ratio[1]) if o.ratio else IMAGENET_RATIO
+    ratio = (o.ratio[0], o.ratio[1]) if o.ratio else defaults.ratio
     return Recipe(train_crop=train_crop, val_resize=val_resize, val_crop=val_crop, mean=tuple(mean_), std=tuple(std_),
                   hflip=defaults.hflip if o.hflip is None else o.hflip, pad=pad, scale=scale, ratio=ratio,
                   interpolation=o.interpolation, aa=o.aa, reprob=o.reprob)
