@@ -162,3 +162,21 @@ def test_bench_times_the_in_memory_augmentation_and_takes_a_recipes_keys(tmp_pat
     assert "TrivialAugmentWide" in decode["augment"] and decode["images_per_s"] > 0
     assert main([*BENCH, "--data", "digits", "--hflip", "2"]) == 2  # checked by train's rules, the flag named
     assert "--hflip must be a probability" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_into_memory_keeps_every_pixel_and_names_an_odd_sized_file(tmp_path, workers):
+    from convcanon.data.folder_cache import decode_all
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (6, 6, 3), dtype=np.uint8) for _ in range(300)]  # more than one worker batch
+    paths = []
+    for i, p in enumerate(pixels):
+        paths.append(str(tmp_path / f"{i:03d}.png"))
+        Image.fromarray(p).save(paths[-1])
+    out = decode_all(paths, workers)
+    assert out.shape == (300, 3, 6, 6) and out.dtype == torch.uint8
+    assert torch.equal(out, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+    Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(paths[270])
+    with pytest.raises(ValueError, match="270.png is 5x6, the first image 6x6"):
+        decode_all(paths, workers)

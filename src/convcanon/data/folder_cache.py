@@ -79,15 +79,21 @@ def plan_cache(source, cache: str) -> tuple[bool, str]:
 def decode_all(paths: Sequence[str], workers: int) -> Tensor:
     """Every file of ``paths`` decoded once by ``workers`` processes into one uint8 (N, 3, S, S) tensor; a ValueError
     naming the first file whose size differs from the first file's."""
-    loader = DataLoader(_Decoded(paths), batch_size=256, num_workers=workers, collate_fn=list)
+    loader = DataLoader(_Decoded(paths), batch_size=256, num_workers=workers, collate_fn=_stack_if_equal)
     out: list[Tensor] = []
     for part in loader:
-        out.extend(part)
+        out.extend(part.unbind(0) if isinstance(part, Tensor) else part)
     shape = out[0].shape
     for path, img in zip(paths, out, strict=True):
         if img.shape != shape:
             raise ValueError(f"{path} is {img.shape[1]}x{img.shape[2]}, the first image {shape[1]}x{shape[2]}")
     return torch.stack(out)
+
+
+def _stack_if_equal(images: list[Tensor]) -> Tensor | list[Tensor]:
+    """A worker's batch as one tensor when its images share a size (one shared-memory transfer instead of one per
+    image: most of the decoding's time for small images), else the list (the size check names the file)."""
+    return torch.stack(images) if all(i.shape == images[0].shape for i in images) else images
 
 
 def in_memory_folder(source, cache: str, *, augment, ra_reps: int, image_size: int) -> InMemorySource | None:
