@@ -456,7 +456,7 @@ def _add_flag(parser: argparse.ArgumentParser, key: str, override: FlagOverride,
     if override.default is not _TRAIN_DEFAULT:
         default = override.default
     core = _FLAG_HELP.get(key, "")
-    shown = override.default_text or _in_words(default, is_bool)
+    shown = override.default_text or ("auto" if default is None and "auto =" in core else _in_words(default, is_bool))
     # A None default the help explains ("not given: ...") needs no "(default: None)".
     helptext = core if default is None and "not given" in core and not override.default_text else \
         f"{core} (default: {shown})".strip()
