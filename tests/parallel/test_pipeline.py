@@ -170,12 +170,13 @@ COMMON = ["--epochs", "1", "--schedule", "constant", "--warmup-epochs", "0", "--
           "--deterministic", "--amp", "off", "--log-every", "1"]
 
 
-def _accumulated(out: Path, model: str, options: dict, data: str, batch: int, micro: int, steps: int) -> None:
+def _accumulated(out: Path, model: str, options: dict, data: str, batch: int, micro: int, steps: int,
+                 **recipe) -> None:
     """The reference: one process, micro-batches of batch/micro accumulated micro times (one thread, as the
-    workers)."""
+    workers); ``recipe``: more settings (mixing, label smoothing)."""
     cfg = TrainConfig(model=model, model_options=options, data=data, batch_size=batch // micro, accum_steps=micro,
                       max_steps=steps, epochs=1, schedule="constant", warmup_epochs=0.0, workers=0, progress=False,
-                      deterministic=True, amp="off", log_every=1, out=str(out))
+                      deterministic=True, amp="off", log_every=1, out=str(out), **recipe)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -233,6 +234,27 @@ def test_pipeline_step_equals_the_unsplit_model(launcher, tmp_path, model, optio
         _accumulated(tmp_path / "whole", model, options, data, 16, 1, 2)
         wp, ww = _weights(tmp_path / "pipe"), _weights(tmp_path / "whole")
         assert all(torch.allclose(wp[k], ww[k], rtol=1e-5, atol=1e-7) for k in ww)
+
+
+@pytest.mark.slow
+def test_a_pipeline_trains_on_mixed_batches_as_the_unsplit_model_does(launcher, tmp_path):
+    # MixUp/CutMix mix the global batch of 16 before the pipeline splits it into micro-batches, and the last stage's
+    # loss takes the mixed targets (class probabilities) with label smoothing on top: the pipelined model without
+    # batch norm is the unsplit model on the same mixed batch of 16, to rounding (the mean of four means of 4 against
+    # one mean of 16, as in the test above).
+    recipe = {"mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1}
+    args = ["train", "--model", "alexnet_cifar", "--model-option", "dropout=0.0", "--data", "synthetic",
+            "--batch-size", "16", "--max-steps", "2", *COMMON, "--pipeline-stages", "2", "--microbatches", "4",
+            "--mixup", "0.4", "--cutmix", "1.0", "--label-smoothing", "0.1", "--out", str(tmp_path / "pipe")]
+    launcher.run(args, nproc=2)
+    _accumulated(tmp_path / "whole", "alexnet_cifar", {"dropout": 0.0}, "synthetic", 16, 1, 2, **recipe)
+    assert _train_losses(tmp_path / "pipe") == pytest.approx(_train_losses(tmp_path / "whole"), rel=1e-5, abs=0)
+    wp, ww = _weights(tmp_path / "pipe"), _weights(tmp_path / "whole")
+    assert all(torch.allclose(wp[k], ww[k], rtol=1e-5, atol=1e-7) for k in ww)
+    # and mixing changed the run: without it the weights differ
+    _accumulated(tmp_path / "plain", "alexnet_cifar", {"dropout": 0.0}, "synthetic", 16, 1, 2, label_smoothing=0.1)
+    plain = _weights(tmp_path / "plain")
+    assert any(not torch.allclose(plain[k], ww[k], rtol=1e-3, atol=1e-6) for k in ww)
 
 
 @pytest.mark.slow
