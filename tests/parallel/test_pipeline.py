@@ -258,6 +258,49 @@ def test_a_pipeline_trains_on_mixed_batches_as_the_unsplit_model_does(launcher, 
 
 
 @pytest.mark.slow
+def test_each_stage_averages_its_layers_into_the_whole_models_average(launcher, tmp_path):
+    # --model-ema with 2 stages (ResNet-20 on the digits, one epoch of 22 steps, as the test below): each stage keeps
+    # the average of its own layers, evaluated through the stages; checkpoints and model.safetensors gather them under
+    # the whole model's names. Bit for bit what one process keeps while accumulating the same micro-batches (the
+    # weights are, as the test below shows; the update is elementwise), with the same update count; evaluated in one
+    # process, that average gives the figures the pipeline logged for it.
+    ema = {"model_ema": True, "model_ema_decay": 0.999}  # 0.997 per update after the adjustment for batch 64
+    args = ["train", "--model", "resnet20", "--batch-size", "64", *COMMON, "--pipeline-stages", "2",
+            "--microbatches", "4", "--pipeline-schedule", "gpipe", "--model-ema", "--model-ema-decay", "0.999",
+            "--out", str(tmp_path / "pipe")]
+    launcher.run(args, nproc=2)
+    _accumulated(tmp_path / "ref", "resnet20", {}, "digits", 64, 4, 22, **ema)
+    pipe, ref = (ckpt.load_checkpoint(ckpt.find_checkpoints(tmp_path / run)[0]) for run in ("pipe", "ref"))
+    assert pipe["step"] == ref["step"] == 22
+    assert pipe["ema"]["updates"] == ref["ema"]["updates"] > 0
+    assert list(pipe["ema"]["module"]) == list(ref["ema"]["module"])
+    assert all(torch.equal(pipe["ema"]["module"][k], ref["ema"]["module"][k]) for k in ref["ema"]["module"])
+    assert not all(torch.equal(pipe["ema"]["module"][k], pipe["model"][k]) for k in pipe["model"])  # an average
+    from convcanon.data import open_data
+    from convcanon.train.distributed import DistContext
+    from convcanon.train.evaluate import evaluate
+
+    model = convcanon.create_model("resnet20", num_classes=10, in_chans=1)
+    model.load_state_dict(ref["ema"]["module"])
+    one = evaluate(model, open_data("digits", progress=False), DistContext(0, 1, 0, torch.device("cpu"), None),
+                   batch_size=256)
+    logged = pipe["metrics"]["ema"]  # evaluated through the stages at the epoch's end
+    assert one["samples"] == logged["samples"] == 360 and one["top1"] == logged["top1"]
+    assert one["loss"] == pytest.approx(logged["loss"], rel=1e-6)  # float64 sums; batch 256 in both
+    # model.safetensors: the average when it evaluated better, gathered from the stages, else the model
+    chosen = json.loads((tmp_path / "pipe" / "summary.json").read_text())["weights"]
+    expected = ref["ema"]["module"] if chosen == "ema" else _weights(tmp_path / "ref")
+    delivered = _weights(tmp_path / "pipe")
+    assert list(delivered) == list(expected) and all(torch.equal(delivered[k], expected[k]) for k in expected)
+    # Stopped at step 11 and resumed: each stage reloads its part of the average and its count, bit for bit.
+    launcher.run([*args[:-1], str(tmp_path / "part"), "--max-steps", "11"])
+    launcher.run(["train", "--resume", str(tmp_path / "part"), "--max-steps", "0"])
+    resumed = ckpt.load_checkpoint(ckpt.find_checkpoints(tmp_path / "part")[0])
+    assert resumed["ema"]["updates"] == pipe["ema"]["updates"]
+    assert all(torch.equal(resumed["ema"]["module"][k], pipe["ema"]["module"][k]) for k in pipe["ema"]["module"])
+
+
+@pytest.mark.slow
 def test_pipeline_run_trains_evaluates_exactly_and_resumes(launcher, tmp_path):
     # ResNet-20 (batch norm) on the digits, 2 stages, GPipe, 64 images in 4 micro-batches: 22 steps, one epoch.
     base = ["train", "--model", "resnet20", "--batch-size", "64", *COMMON, "--pipeline-stages", "2",

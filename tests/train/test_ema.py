@@ -157,9 +157,12 @@ def test_bad_values_name_their_flag_and_range(key, value, valid):
         config_from_dict({key: value}, where="command line")
 
 
-def test_ema_with_a_pipeline_is_refused():
-    with pytest.raises(ValueError, match="--model-ema is not supported with --pipeline-stages"):
-        config_from_dict({"model_ema": True, "pipeline_stages": 2, "microbatches": 2})
+def test_ema_with_a_pipeline_is_accepted_and_auto_stays_off_there():
+    from convcanon.train.ema import resolve_model_ema
+
+    cfg = config_from_dict({"model_ema": True, "pipeline_stages": 2, "microbatches": 2})
+    assert resolve_model_ema(cfg) == (True, "as asked")
+    assert resolve_model_ema(config_from_dict({"pipeline_stages": 2, "microbatches": 2}))[0] is False
 
 
 @pytest.mark.parametrize(("argv", "flag"), [

@@ -310,8 +310,35 @@ class Pipeline(Strategy):
         return layer_costs(self.layers, input_shape, "flops"), "GFLOPs"
 
     def evaluate(self, placement: Placement, data: Any, engine: Any, batch_size: int) -> dict[str, Any]:
-        return evaluate_pipeline(placement.model, data, self.ctx.rank, self.cfg.pipeline_stages, self.ctx.device,
+        return self.evaluate_module(placement.model, data, engine, batch_size)
+
+    def evaluate_module(self, module: nn.Module, data: Any, engine: Any, batch_size: int) -> dict[str, Any]:
+        """Through the stages: ``module`` is this rank's stage (the trained one, or its weight average)."""
+        return evaluate_pipeline(module, data, self.ctx.rank, self.cfg.pipeline_stages, self.ctx.device,
                                  batch_size=batch_size)
+
+    # ---- the weight average: each stage averages its own layers (train.ema), gathered like the model
+
+    def check_same_everywhere(self, fingerprint: Tensor, what: str) -> None:
+        """Each stage holds another part of the model: there is nothing to compare between ranks."""
+
+    def _ema_names(self, placement: Placement, ema: Any) -> dict[int, str]:
+        """The stage's average (a copy of the stage) under the whole model's names, tensor by tensor."""
+        return {id(mine): self.names[id(theirs)] for theirs, mine in zip(
+            placement.model.state_dict(keep_vars=True).values(), ema.module.state_dict(keep_vars=True).values(),
+            strict=True)}
+
+    def ema_state(self, placement: Placement, ema: Any) -> dict[str, Any] | None:
+        gathered = self._gather(stage_state(ema.module, self._ema_names(placement, ema)))
+        return None if gathered is None else {"module": self._whole(gathered), "updates": ema.updates}
+
+    def ema_weights(self, placement: Placement, ema: Any) -> dict[str, Tensor] | None:
+        gathered = self._gather(stage_state(ema.module, self._ema_names(placement, ema)))
+        return None if gathered is None else self._whole(gathered)
+
+    def load_ema(self, placement: Placement, ema: Any, state: dict[str, Any]) -> None:
+        load_stage_state(ema.module, self._ema_names(placement, ema), state["module"])
+        ema.updates = int(state["updates"])
 
     # ---- checkpoints: every stage's part, gathered on rank 0 under the whole model's names
 

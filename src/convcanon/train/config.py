@@ -239,9 +239,6 @@ def validate(cfg: TrainConfig, where: str = "config") -> None:
             raise ValueError(f"{where}: {flag_name(key)} must be {valid}; got {shown}")
     if cfg.warmup_epochs > cfg.epochs:
         raise ValueError(f"{where}: --warmup-epochs ({cfg.warmup_epochs}) must be at most --epochs ({cfg.epochs})")
-    if cfg.model_ema and cfg.pipeline_stages > 1:
-        raise ValueError(f"{where}: --model-ema is not supported with --pipeline-stages yet (each stage would average "
-                         "its own layers); use data parallelism, or --no-model-ema")
     if cfg.decode == "gpu" and cfg.device == "cpu":
         raise ValueError(f"{where}: --decode gpu decodes JPEGs on a CUDA device, and --device is cpu: use --decode "
                          "auto or cpu")

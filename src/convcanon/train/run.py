@@ -193,8 +193,8 @@ class Run:
         freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
         self.engine = engine_lib.engine_for(cfg, ctx.device, model, step_shape=self._step_shape(),
                                             agree=ctx.all_reduce_sum)
-        if cfg.amp == "auto" and "measured" in self.engine.reasons.get("amp", ""):
-            self.cfg = cfg = dataclasses.replace(cfg, amp=self.engine.amp)  # config.yaml: a resume computes alike
+        if cfg.amp == "auto" and "measured" in self.engine.reasons.get("amp", ""):  # config.yaml: resume alike
+            self.cfg = cfg = dataclasses.replace(cfg, amp=self.engine.amp)
         self.plan = self.strategy.plan(cfg, self.data)
         self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
         self.mixing = BatchMixing.from_config(cfg, info.num_classes)
@@ -214,16 +214,15 @@ class Run:
             self.start_batch = self.strategy.resume_position(state, cfg, self.plan, self.data, self.say)
             self.best_top1 = state.get("metrics", {}).get("best_top1")
             if self.ema is not None and "ema" in state:  # a checkpoint from before the average: it starts anew
-                self.ema.load_state_dict(state["ema"])
+                self.strategy.load_ema(self.placement, self.ema, state["ema"])
 
     def _step_shape(self) -> engine_lib.StepShape | None:
-        """The step's input for the engine's measured bf16-or-fp32 choice on a CPU: a new run on one device or under
-        data parallelism (a pipeline's stages see other shapes; a resumed run keeps the choice it began with)."""
+        """The step's input for the measured bf16-or-fp32 choice: new runs, not pipelines (other shapes per stage)."""
         cfg, info = self.cfg, self.data.info
-        if self.state is not None or cfg.amp != "auto" or self.strategy.name == "pipeline":
-            return None
+        new_run = self.state is None and cfg.amp == "auto" and self.strategy.name != "pipeline"
         return engine_lib.StepShape.of(cfg.model, cfg.model_options, batch=cfg.batch_size, in_chans=info.in_chans,
-                                       side=cfg.train_crop_size or info.image_size, num_classes=info.num_classes)
+                                       side=cfg.train_crop_size or info.image_size,
+                                       num_classes=info.num_classes) if new_run else None
 
     def _read_init(self) -> InitWeights:
         """``--init``'s weights, read before the data opens: a source that records how its inputs were normalized
@@ -415,6 +414,7 @@ class Run:
         self.saved_step = self.step
         if self.ema is not None:  # a collective, like the next line: every process holds the same average
             self.strategy.check_same_everywhere(self.ema.fingerprint(), "the weight average (--model-ema)")
+        ema = self.strategy.ema_state(self.placement, self.ema) if self.ema is not None else None  # a collective
         part = self.strategy.checkpoint_state(self.placement)  # a collective; None except on the main process
         if part is None:
             return
@@ -424,8 +424,7 @@ class Run:
             "batch_in_epoch": batch_in_epoch, "world_size": self.ctx.world_size, "classes": list(info.classes),
             "config": to_dict(self.cfg), "metrics": metrics, "model_name": self.cfg.model,
             "num_classes": info.num_classes, "in_chans": info.in_chans, "image_size": info.image_size,
-            "weights": self.record(),
-            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            "weights": self.record(), **({"ema": ema} if self.ema is not None else {}),
         }, keep_last=self.cfg.keep_checkpoints, best=best)  # fmt: skip
 
     def record(self) -> dict[str, Any]:
@@ -438,14 +437,15 @@ class Run:
     # ---- the end
 
     def _finish(self, seconds: float) -> None:
+        final, ema, run_dir = self.final, self.final_ema, self.run_dir
+        # The average when it evaluates better than the final weights (both after the last step; same on every rank).
+        use_ema = bool(ema) and self.ema is not None and self.eval_step == self.step and better(ema, final)
+        averaged = self.strategy.ema_weights(self.placement, self.ema) if use_ema else None  # a collective
         weights = self.strategy.full_state_dict(self.placement)  # a collective; None except on the main process
         if weights is None:
             return
-        final, ema, run_dir = self.final, self.final_ema, self.run_dir
-        # The average, when it evaluates better than the final weights (both evaluated after the last step).
-        if ema and self.eval_step == self.step and better(ema, final):
-            self.weights = "ema"
-            weights = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
+        if use_ema:
+            self.weights, weights = "ema", averaged
         ckpt.save_safetensors(weights, run_dir / "model.safetensors",
                               metadata=as_metadata({**self.record(), "chosen": self.weights}))
         shown = {"final": final, **({"final_ema": ema} if ema else {})}

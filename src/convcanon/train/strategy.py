@@ -140,6 +140,18 @@ class Strategy:
             raise RuntimeError(f"{what} differs between processes ({int((high != low).sum())} tensor(s)): a bug; "
                                "please report it with the run's command")
 
+    def ema_state(self, placement: Placement, ema: Any) -> dict[str, Any] | None:
+        """The average's checkpoint entry (``ModelEma.state_dict``) on the main process (a collective; None on the
+        others)."""
+        return ema.state_dict() if self.ctx.is_main else None
+
+    def ema_weights(self, placement: Placement, ema: Any) -> dict[str, torch.Tensor] | None:
+        """The average's weights under the model's names, on the CPU, on the main process (a collective)."""
+        return {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if self.ctx.is_main else None
+
+    def load_ema(self, placement: Placement, ema: Any, state: dict[str, Any]) -> None:
+        ema.load_state_dict(state)
+
     # ---- checkpoints
 
     def checkpoint_state(self, placement: Placement) -> dict[str, Any] | None:
