@@ -155,9 +155,9 @@ def test_resolve_engine_measures_only_on_a_bf16_cpu_with_auto(facts):
     model = convcanon.create_model("resnet20", num_classes=10)
     shape = StepShape(4, 3, 8, 10, 1e6)
     engine = resolve_engine(device="cpu", model=model, facts=facts, step_shape=shape)
-    assert ("measured" in engine.reasons["amp"]) == facts.cpu_bf16
+    assert ("measured" in engine.reasons["amp"]) == facts.cpu_bf16 == engine.amp_measured
     pinned = resolve_engine(device="cpu", model=model, facts=facts, step_shape=shape, amp="bf16")
-    assert pinned.amp == "bf16" and pinned.reasons["amp"] == "as asked"
+    assert pinned.amp == "bf16" and pinned.reasons["amp"] == "as asked" and not pinned.amp_measured
 
 
 def test_a_run_pins_the_measured_choice_in_its_config(tmp_path, monkeypatch):

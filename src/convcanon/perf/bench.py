@@ -350,7 +350,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     data = _open_data(cfg)
     shape = resolve_shape(cfg, data.info if data is not None else None)
     model = build_model(cfg, shape)
-    engine = _engine(cfg, device, model, step_shape=_step_shape(cfg, shape))
+    engine = _engine(cfg, device, model, step_shape=_step_shape(cfg, shape) if cfg.amp == "auto" else None)
     cfg = dataclasses.replace(cfg, amp=engine.amp)  # measured once: every subject runs the choice train would make
     macs = count_macs(model, (shape.in_chans, shape.image_size, shape.image_size))
     del model

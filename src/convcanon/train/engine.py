@@ -10,8 +10,8 @@ prints the choices and applies them through the same ``Engine``. Every choice is
 - amp: bf16 autocast where the hardware computes in bf16 natively: GPUs of compute capability >= 8.0 (Ampere and
   newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. On such a CPU the choice is measured when the caller gives
   the step's input shape (``StepShape``) and the step is small (at most ``PROBE_MAX_FLOP``): oneDNN's bf16 kernels
-  pay on large convolutions (ResNet-50 at 224 px: 2.3x fp32) and lose on small ones (ResNet-18 at 32 px: 0.6x), and
-  no static rule separated the two on the measured grid (BENCHMARKS.md), so ``measure_amp`` times one
+  pay on large convolutions (ResNet-50 at 224 px: 2.3-2.9x fp32) and lose on small ones (ResNet-18 at 32 px:
+  0.6-0.8x), and no static rule separated the two on the measured grid (BENCHMARKS.md), so ``measure_amp`` times one
   forward-backward pass of each on a copy of the model and keeps bf16 unless fp32 is at least ``FP32_MARGIN``
   faster (every process agrees: the times are summed over them). A run writes the choice into its config.yaml, so a
   resume computes as the run began. Weights, optimizer state and the loss stay fp32; only the
@@ -104,6 +104,7 @@ class Engine:
     cudnn_benchmark: bool
     activation_checkpointing: bool
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
+    amp_measured: bool = field(default=False, compare=False)  # amp auto, decided for this step (``measure_amp``)
 
     # ---- what a run prints and saves
 
@@ -309,7 +310,8 @@ def resolve_engine(
     else:
         resolved_cl, reasons["channels_last"] = True, "auto: oneDNN's NHWC convolutions skip a reorder per call"
 
-    if amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None:
+    measured = amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None
+    if measured:
         resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree)
 
     if compile is not None:
@@ -328,7 +330,8 @@ def resolve_engine(
     reasons["activation_checkpointing"] = "as asked" if activation_checkpointing else "default"
     reasons["optimizer"] = ("auto: one kernel per parameter group" if optimizer_kernel(device) == "fused"
                             else "auto: multi-tensor updates (no fused kernel for this device)")
-    return Engine(device, resolved_amp, resolved_cl, resolved_compile, benchmark, activation_checkpointing, reasons)
+    return Engine(device, resolved_amp, resolved_cl, resolved_compile, benchmark, activation_checkpointing, reasons,
+                  measured)
 
 
 def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,

@@ -104,7 +104,7 @@ class BatchMixing:
         else:
             y0, y1, x0, x1 = draw.box
             x = x.clone()
-            x[:, :, y0:y1, x0:x1] = x[pair][:, :, y0:y1, x0:x1]
+            x[:, :, y0:y1, x0:x1] = x[pair, :, y0:y1, x0:x1]  # the partners' boxes only, not a copy of the batch
         return x, target * draw.lam + target[pair] * (1.0 - draw.lam)
 
     def batches(self, batches: Iterable[tuple[Any, Any]], epoch: int, start: int) -> Iterator[tuple[Any, Any]]:

@@ -193,7 +193,7 @@ class Run:
         freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
         self.engine = engine_lib.engine_for(cfg, ctx.device, model, step_shape=self._step_shape(),
                                             agree=ctx.all_reduce_sum)
-        if cfg.amp == "auto" and "measured" in self.engine.reasons.get("amp", ""):  # config.yaml: resume alike
+        if self.engine.amp_measured:  # decided for this step: config.yaml keeps it, so a resume computes alike
             self.cfg = cfg = dataclasses.replace(cfg, amp=self.engine.amp)
         self.plan = self.strategy.plan(cfg, self.data)
         self.placement = self.strategy.place(model, self.engine, cfg, info, self.say)
@@ -217,9 +217,9 @@ class Run:
                 self.strategy.load_ema(self.placement, self.ema, state["ema"])
 
     def _step_shape(self) -> engine_lib.StepShape | None:
-        """The step's input for the measured bf16-or-fp32 choice: new runs, not pipelines (other shapes per stage)."""
-        cfg, info = self.cfg, self.data.info
-        new_run = self.state is None and cfg.amp == "auto" and self.strategy.name != "pipeline"
+        """The step's input for the measured bf16-or-fp32 choice: new CPU runs, not pipelines (shapes per stage)."""
+        cfg, info, cpu = self.cfg, self.data.info, self.ctx.device.type == "cpu"
+        new_run = self.state is None and cfg.amp == "auto" and self.strategy.name != "pipeline" and cpu
         return engine_lib.StepShape.of(cfg.model, cfg.model_options, batch=cfg.batch_size, in_chans=info.in_chans,
                                        side=cfg.train_crop_size or info.image_size,
                                        num_classes=info.num_classes) if new_run else None
@@ -412,7 +412,7 @@ class Run:
 
     def _save(self, batch_in_epoch: int, epoch: int, metrics: dict[str, Any], best: bool = False) -> None:
         self.saved_step = self.step
-        if self.ema is not None:  # a collective, like the next line: every process holds the same average
+        if self.ema is not None and self.ctx.distributed:  # a collective: every process holds the same average
             self.strategy.check_same_everywhere(self.ema.fingerprint(), "the weight average (--model-ema)")
         ema = self.strategy.ema_state(self.placement, self.ema) if self.ema is not None else None  # a collective
         part = self.strategy.checkpoint_state(self.placement)  # a collective; None except on the main process
