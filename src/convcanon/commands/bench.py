@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(
         model=args.model, batch_size=args.batch_size, image_size=args.image_size, in_chans=args.in_chans,
         num_classes=args.num_classes, model_options=parse_model_options(args.model_options or []), amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile,
+        channels_last=args.channels_last, compile=args.compile, small_map_gemm=args.small_map_gemm,
         activation_checkpointing=args.activation_checkpointing, deterministic=args.deterministic,
         device=args.device, threads=args.threads, baseline=args.baseline, data=args.data, workers=args.workers,
         data_root=args.data_root, decode=args.decode, windows=args.windows, augment=augment,

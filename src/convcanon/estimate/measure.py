@@ -152,7 +152,7 @@ def measure_local(
                       amp=engine_amp(amp, dev), channels_last=channels_last, compile=compile)  # fmt: skip
     torch.manual_seed(0)
     net = build_model(model, options, num_classes=classes, in_chans=in_chans, image_size=side, for_what="--image-size")
-    engine = engine_for(cfg, dev, net)
+    engine = engine_for(cfg, dev, net, input_shape=(in_chans, side, side))
     precision = "tf32" if amp == "tf32" else {"off": "fp32"}.get(engine.amp, engine.amp)
     for line in engine.describe():
         say(line)
@@ -166,7 +166,7 @@ def measure_local(
         step([(x, y)], 1, MEASURE_LR, 0)  # as the run feeds it: NCHW batches, converted by the engine
 
     def eval_step() -> None:
-        with torch.no_grad(), engine.autocast():
+        with torch.no_grad(), engine.compute():
             step.net(engine.prepare_input(x_eval))
 
     with _tf32(precision == "tf32") if dev.type == "cuda" else contextlib.nullcontext():

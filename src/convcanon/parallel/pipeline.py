@@ -55,11 +55,11 @@ class StageModule(nn.Sequential):
     """The layers of one stage in order, computing in the engine's precision and memory format (as the unsplit model
     would) but sending float32 in the default layout, so that every stage receives what its buffers expect."""
 
-    def __init__(self, layers: list[Layer], autocast=None, memory_format=torch.contiguous_format) -> None:
+    def __init__(self, layers: list[Layer], compute=None, memory_format=torch.contiguous_format) -> None:
         super().__init__(*[layer.module for layer in layers])
         self._names = [layer.name for layer in layers]
         self.grad_checkpointing = False
-        self._autocast = autocast
+        self._compute = compute
         self._memory_format = memory_format
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -70,10 +70,10 @@ class StageModule(nn.Sequential):
         if x.dim() == 4:
             x = x.contiguous(memory_format=self._memory_format)
         run = functools.partial(checkpoint_seq, self) if self.grad_checkpointing else super().forward
-        if self._autocast is None:
+        if self._compute is None:
             y = run(x)
         else:
-            with self._autocast():
+            with self._compute():
                 y = run(x)
         return y.float().contiguous()
 
@@ -289,8 +289,8 @@ class Pipeline(Strategy):
         self.split = resolve_split(self.layers, self.costs, stages, cfg.pipeline_split or None)
         start, end = stage_bounds(self.split, ctx.rank)
         free_other_layers(self.layers, range(start, end))
-        autocast = engine.autocast if engine.amp != "off" else None
-        stage_module = engine.prepare_model(StageModule(self.layers[start:end], autocast, engine.memory_format))
+        compute = engine.compute if engine.amp != "off" or engine.small_map_gemm else None
+        stage_module = engine.prepare_model(StageModule(self.layers[start:end], compute, engine.memory_format))
         self.names = parameter_names(model)  # after the moves: a move to another device makes new tensors
         optimizer = build_optimizer(stage_module, cfg, ctx.device)
         task = ClassificationTask.for_run(cfg)

@@ -57,6 +57,7 @@ class BenchConfig:
     amp: str = "auto"
     channels_last: bool | None = None  # None = the engine's automatic rule
     compile: bool | None = None
+    small_map_gemm: bool | None = None  # None = the engine's automatic rule
     activation_checkpointing: bool = False
     deterministic: bool = False
     device: str = "auto"
@@ -150,14 +151,15 @@ def build_model(cfg: BenchConfig, shape: Shape) -> nn.Module:
                  image_size=shape.image_size, for_what=f"--data {cfg.data}" if cfg.data else "--image-size")
 
 
-def _engine(cfg: BenchConfig, device: torch.device, model: nn.Module, *,
+def _engine(cfg: BenchConfig, device: torch.device, model: nn.Module, shape: Shape, *,
             activation_checkpointing: bool | None = None, step_shape: Any = None):
     from ..train.engine import resolve_engine
 
     ckpt = cfg.activation_checkpointing if activation_checkpointing is None else activation_checkpointing
     return resolve_engine(
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-        activation_checkpointing=ckpt, deterministic=cfg.deterministic, step_shape=step_shape,
+        small_map_gemm=cfg.small_map_gemm, activation_checkpointing=ckpt, deterministic=cfg.deterministic,
+        step_shape=step_shape, input_shape=(shape.in_chans, shape.image_size, shape.image_size),
     )  # fmt: skip
 
 
@@ -185,7 +187,7 @@ def make_ours(cfg: BenchConfig, device: torch.device, shape: Shape, say: Say, *,
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, shape)
-    engine = _engine(cfg, device, model, activation_checkpointing=activation_checkpointing)
+    engine = _engine(cfg, device, model, shape, activation_checkpointing=activation_checkpointing)
     # The default recipe's optimizer (SGD, Nesterov momentum, weight decay groups) at a small LR: random labels at the
     # recipe's LR make nets without batch norm (AlexNet) diverge, and the baseline uses the same LR.
     model, step = build_step(model, engine, TrainConfig(model=cfg.model, batch_size=cfg.batch_size, lr=BENCH_LR),
@@ -199,7 +201,7 @@ def make_ours(cfg: BenchConfig, device: torch.device, shape: Shape, say: Say, *,
 
     def infer_step() -> None:
         step.net.eval()
-        with torch.no_grad(), engine.autocast():
+        with torch.no_grad(), engine.compute():
             step.net(x_syn)
         step.net.train()
 
@@ -350,7 +352,7 @@ def run_bench(cfg: BenchConfig, say: Say | None = None) -> BenchResult:
     data = _open_data(cfg)
     shape = resolve_shape(cfg, data.info if data is not None else None)
     model = build_model(cfg, shape)
-    engine = _engine(cfg, device, model, step_shape=_step_shape(cfg, shape) if cfg.amp == "auto" else None)
+    engine = _engine(cfg, device, model, shape, step_shape=_step_shape(cfg, shape) if cfg.amp == "auto" else None)
     cfg = dataclasses.replace(cfg, amp=engine.amp)  # measured once: every subject runs the choice train would make
     macs = count_macs(model, (shape.in_chans, shape.image_size, shape.image_size))
     del model

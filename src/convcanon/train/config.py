@@ -93,6 +93,7 @@ class TrainConfig:
     amp: Amp = "auto"  # auto = bf16 where the GPU or CPU has native bf16 (train/engine.py), else off
     channels_last: bool | None = None  # None = auto: NHWC except for models with LRN (train/engine.py)
     compile: bool | None = None  # None = auto: on GPU (Triton), off on CPU (train/engine.py)
+    small_map_gemm: bool | None = None  # None = auto: on CPU, convolutions covering their map as a GEMM (small_maps.py)
     activation_checkpointing: bool = False  # recompute ResNet blocks in backward: less memory, ~1/3 more compute
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     sync_bn: bool = False
@@ -333,6 +334,9 @@ _FLAG_HELP = {
     "label_smoothing": "the target's weight spread over the other classes (Szegedy et al. 2016; timm's --smoothing); "
                        "auto = 0.1 for the embedded digits (the main job's recipe), 0 elsewhere, as in the papers",
     "channels_last": "NHWC memory format; auto = on, except for models with local response norm",
+    "small_map_gemm": "on CPU, run each convolution whose every output sees its whole input map (late layers at small "
+                      "inputs, e.g. ResNet-18's 2x2 and 1x1 maps at 32 px) as one matrix product; auto = on on CPU "
+                      "unless compiling",
     "compile": "torch.compile the model; auto = on CUDA (capability >= 7.0), off on CPU where it does not pay",
     "deterministic": "deterministic kernels (turns cuDNN autotuning off)",
     "device": "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)",
@@ -388,7 +392,7 @@ MODEL_FLAGS = ("model", "model_options")
 DATA_FLAGS = ("data", "data_root", "image_size", "workers", "decode")
 AUGMENT_FLAGS = ("hflip", "scale", "ratio", "pad", "interpolation", "aa", "reprob", "mean", "std", "train_crop_size",
                  "val_resize_size", "val_crop_size", "ra_reps", "data_cache")
-ENGINE_FLAGS = ("amp", "channels_last", "compile", "deterministic", "device")
+ENGINE_FLAGS = ("amp", "channels_last", "compile", "small_map_gemm", "deterministic", "device")
 
 _TRAIN_DEFAULT: Any = object()
 

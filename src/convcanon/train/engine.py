@@ -4,8 +4,9 @@ None of these settings changes what is computed, only how fast and in how much m
 ``resolve_engine`` turns the config's ``auto`` values into one choice each, with the reason, once at start; every
 user of the training step (``train.step``: the run, ``convcanon bench``, ``estimate --measure``, the experiments)
 prints the choices and applies them through the same ``Engine``. Every choice is overridable: ``--amp``,
-``--channels-last/--no-channels-last``, ``--compile/--no-compile``, ``--activation-checkpointing``,
-``--deterministic`` (turns cuDNN autotuning off). The measurements behind the automatic rules are in BENCHMARKS.md.
+``--channels-last/--no-channels-last``, ``--compile/--no-compile``, ``--small-map-gemm/--no-small-map-gemm``,
+``--activation-checkpointing``, ``--deterministic`` (turns cuDNN autotuning off). The measurements behind the
+automatic rules are in BENCHMARKS.md.
 
 - amp: bf16 autocast where the hardware computes in bf16 natively: GPUs of compute capability >= 8.0 (Ampere and
   newer) and CPUs with AVX512-BF16 or AMX; fp32 elsewhere. On such a CPU the choice is measured when the caller gives
@@ -28,6 +29,13 @@ prints the choices and applies them through the same ``Engine``. Every choice is
   a poor trade for the short runs CPUs are used for (``--compile`` for long ones). Off by default with activation
   checkpointing (the checkpointed recomputation stays eager). When compiling fails, the run says why and continues
   eagerly (``CompiledWithFallback``).
+- small-map GEMM: on CPU, a convolution whose every output position sees the whole input map (the last stages of an
+  ImageNet network at small inputs: ResNet-18's 2x2 and 1x1 maps at 32 px) runs as one matrix product
+  (``train.small_maps``): oneDNN's backward is 3-7x its forward on such maps, the matrix product 2.5-5x faster. Off
+  under ``--compile`` (inductor lowers the convolutions itself), with activation checkpointing (the recomputation in
+  backward runs outside the forward's context), on GPUs (cuDNN; not measured there), and for a model with no such
+  convolution at the run's input size (counted on the meta device), which would pay the mode's Python call per
+  operation for nothing. Every other convolution is untouched.
 - cudnn.benchmark (autotuning): on CUDA unless ``deterministic``.
 - optimizer: fused SGD/AdamW (the whole update of a parameter group in one kernel) where torch has the kernel for the
   device (CUDA; CPU from torch 2.4), else multi-tensor ("foreach"); ``optim.build_optimizer`` applies it.
@@ -105,6 +113,7 @@ class Engine:
     activation_checkpointing: bool
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
     amp_measured: bool = field(default=False, compare=False)  # amp auto, decided for this step (``measure_amp``)
+    small_map_gemm: bool = False  # covering convolutions as one matrix product (train.small_maps)
 
     # ---- what a run prints and saves
 
@@ -116,6 +125,7 @@ class Engine:
             ("amp", "amp", self.amp, "--amp"),
             ("channels-last", "channels_last", on[self.channels_last], "--[no-]channels-last"),
             ("compile", "compile", on[self.compile], "--[no-]compile"),
+            ("small-map GEMM", "small_map_gemm", on[self.small_map_gemm], "--[no-]small-map-gemm"),
             ("cudnn.benchmark", "cudnn_benchmark", on[self.cudnn_benchmark] if gpu else "n/a", "--deterministic"),
             ("activation ckpt", "activation_checkpointing", on[self.activation_checkpointing],
              "--activation-checkpointing"),
@@ -131,7 +141,8 @@ class Engine:
     def as_dict(self) -> dict[str, Any]:
         return {
             "amp": self.amp, "channels_last": self.channels_last, "compile": self.compile,
-            "cudnn_benchmark": self.cudnn_benchmark, "activation_checkpointing": self.activation_checkpointing,
+            "small_map_gemm": self.small_map_gemm, "cudnn_benchmark": self.cudnn_benchmark,
+            "activation_checkpointing": self.activation_checkpointing,
             "optimizer": optimizer_kernel(self.device), "reasons": dict(self.reasons),
         }  # fmt: skip
 
@@ -141,8 +152,10 @@ class Engine:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast_factory(self.amp, self.device)()
+    def compute(self) -> contextlib.AbstractContextManager:
+        """The context every forward pass runs in: autocast at the engine's precision and, when on, the small-map
+        convolutions as matrix products."""
+        return compute_context(self.amp, self.device, self.small_map_gemm)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move ``model`` to the device and memory format, and turn on its activation checkpointing if asked
@@ -189,6 +202,12 @@ class StepShape:
         return cls(batch, in_chans, side, num_classes, work.flops_per_image * batch)
 
 
+# The small-map GEMM pays when the convolutions it takes hold at least this many weights in all (a 256-channel 3x3
+# convolution holds 590k): below, oneDNN is about as fast on them and the mode's Python call per operation of the
+# forward pass costs more (ResNet-20 on the 8x8 digits, 184k: the main job 5-15% slower; GoogLeNet at 80 px, 1.4M:
+# 1.05x faster; ResNet-18 at 32 px, 10M: 1.6x). docs/training.md.
+MIN_COVERING_WEIGHTS = 1_000_000
+
 # A step above this many FLOP is bf16's regime on the CPUs measured (and timing it would cost seconds): not measured.
 PROBE_MAX_FLOP = 100e9
 # fp32 is chosen only when this much faster than bf16: near a tie, the established default stays.
@@ -196,11 +215,12 @@ FP32_MARGIN = 1.15
 
 
 def measure_amp(model: nn.Module, shape: StepShape, channels_last: bool,
-                agree: Callable[[Tensor], Tensor] | None = None, repeats: int = 2) -> tuple[str, str]:
+                agree: Callable[[Tensor], Tensor] | None = None, repeats: int = 2,
+                small_map_gemm: bool = False) -> tuple[str, str]:
     """bf16 or fp32 (``off``) for ``model``'s training step on this CPU, and why: the fastest of ``repeats`` timed
     forward-backward passes of each (alternating), after one warm-up each, on a copy of the model (the model, its
     gradients and every random generator are left as they were). ``agree`` sums the two times over the processes of
-    a run."""
+    a run; ``small_map_gemm`` times the passes as the run will compute them."""
     import copy
     import time
 
@@ -218,7 +238,7 @@ def measure_amp(model: nn.Module, shape: StepShape, channels_last: bool,
         for i in range(1 + repeats):  # alternating, so that a busy moment of the machine hits both alike
             for amp in seconds:
                 t0 = time.perf_counter()
-                with autocast_factory(amp, torch.device("cpu"))():
+                with compute_context(amp, torch.device("cpu"), small_map_gemm):
                     loss = nn.functional.cross_entropy(net(x), y)
                 loss.backward()
                 net.zero_grad(set_to_none=True)
@@ -257,6 +277,18 @@ def amp_dtype(amp: str) -> torch.dtype:
     return AMP_DTYPES[amp]
 
 
+def compute_context(amp: str, device: torch.device, small_map_gemm: bool = False) -> contextlib.AbstractContextManager:
+    """Autocast at ``amp`` on ``device`` and, with ``small_map_gemm``, ``train.small_maps``'s mode, entered together."""
+    if not small_map_gemm:
+        return autocast_factory(amp, device)()
+    from .small_maps import SmallMapConvolutions
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast_factory(amp, device)())
+    stack.enter_context(SmallMapConvolutions())
+    return stack
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     dtype = amp_dtype(amp)
     if dtype == torch.float32:
@@ -275,15 +307,18 @@ def resolve_engine(
     amp: str = "auto",
     channels_last: bool | None = None,
     compile: bool | None = None,
+    small_map_gemm: bool | None = None,
     activation_checkpointing: bool = False,
     deterministic: bool = False,
     facts: DeviceFacts | None = None,
     step_shape: StepShape | None = None,
     agree: Callable[[Tensor], Tensor] | None = None,
+    input_shape: tuple[int, int, int] | None = None,
 ) -> Engine:
     """Resolve every ``None``/``auto`` setting for ``model`` on ``device`` (described by ``facts``, read from torch by
     default); the rules are in the module docstring. ``step_shape`` (with ``model``) lets a CPU with native bf16
-    measure whether bf16 pays for this step; ``agree`` sums the measurements over a run's processes."""
+    measure whether bf16 pays for this step; ``agree`` sums the measurements over a run's processes. ``input_shape``
+    (C, H, W; or ``step_shape``'s) tells whether the model has convolutions for the small-map GEMM."""
     device = torch.device(device)
     facts = facts or DeviceFacts.of(device)
     reasons: dict[str, str] = {}
@@ -310,10 +345,6 @@ def resolve_engine(
     else:
         resolved_cl, reasons["channels_last"] = True, "auto: oneDNN's NHWC convolutions skip a reorder per call"
 
-    measured = amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None
-    if measured:
-        resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree)
-
     if compile is not None:
         resolved_compile, reasons["compile"] = compile, "as asked"
     elif activation_checkpointing:
@@ -325,23 +356,69 @@ def resolve_engine(
     else:
         resolved_compile, reasons["compile"] = False, "auto: off on CPU, where it does not pay"
 
+    if input_shape is None and step_shape is not None:
+        input_shape = (step_shape.in_chans, step_shape.side, step_shape.side)
+    small_maps, reasons["small_map_gemm"] = _resolve_small_maps(small_map_gemm, gpu, resolved_compile,
+                                                                activation_checkpointing, model, input_shape)
+    measured = amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None
+    if measured:
+        resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree, small_map_gemm=small_maps)
+
     benchmark = gpu and not deterministic
     reasons["cudnn_benchmark"] = ("off: deterministic" if deterministic else "auto: fixed input shapes") if gpu else ""
     reasons["activation_checkpointing"] = "as asked" if activation_checkpointing else "default"
     reasons["optimizer"] = ("auto: one kernel per parameter group" if optimizer_kernel(device) == "fused"
                             else "auto: multi-tensor updates (no fused kernel for this device)")
     return Engine(device, resolved_amp, resolved_cl, resolved_compile, benchmark, activation_checkpointing, reasons,
-                  measured)
+                  measured, small_maps)
+
+
+def _resolve_small_maps(asked: bool | None, gpu: bool, compiled: bool, checkpointing: bool, model: nn.Module | None,
+                        input_shape: tuple[int, int, int] | None) -> tuple[bool, str]:
+    """``--small-map-gemm``: on CPU by default, unless compiling or recomputing activations (module docstring), or
+    when ``model``'s convolutions that cover their map at ``input_shape`` hold fewer than ``MIN_COVERING_WEIGHTS``
+    weights (the mode's own cost, about 10-40 us per operation of the forward pass, outweighs their gain: with none,
+    3-6% of ResNet-20's step on 32 px)."""
+    if asked and gpu:
+        raise ValueError("--small-map-gemm is a CPU path (oneDNN's convolutions on small maps); on a GPU leave it "
+                         "off (the default there)")
+    if asked and compiled:
+        return False, "off: the model is compiled (inductor lowers the convolutions itself)"
+    if asked is not None:
+        return asked, "as asked"
+    if gpu:
+        return False, "auto: off on GPU (cuDNN)"
+    if compiled:
+        return False, "auto: off under --compile (inductor lowers the convolutions)"
+    if checkpointing:
+        return False, "auto: off with activation checkpointing (recomputed outside the forward's context)"
+    if model is None or input_shape is None:
+        return True, "auto: convolutions that cover their whole input map run as one matrix product"
+    from .small_maps import covering_convolutions
+
+    side = f"{input_shape[1]}x{input_shape[2]}"
+    try:
+        covering = covering_convolutions(model, input_shape)
+    except Exception as err:  # a model the meta device cannot trace: the mode is safe either way
+        return True, f"auto: on (could not count this model's small maps: {type(err).__name__})"
+    if covering.calls == 0:
+        return False, f"auto: off, no convolution sees its whole input map on {side} inputs"
+    if covering.weights < MIN_COVERING_WEIGHTS:
+        return False, (f"auto: off, the convolutions that see their whole input map on {side} inputs are small "
+                       f"({covering.weights / 1e3:.0f}k weights): the mode would cost more than they gain")
+    many = f"{covering.calls} convolutions see" if covering.calls != 1 else "1 convolution sees"
+    return True, f"auto: on {side} inputs, {many} their whole input map: one matrix product each"
 
 
 def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,
                facts: DeviceFacts | None = None, step_shape: StepShape | None = None,
-               agree: Callable[[Tensor], Tensor] | None = None) -> Engine:
+               agree: Callable[[Tensor], Tensor] | None = None,
+               input_shape: tuple[int, int, int] | None = None) -> Engine:
     """``resolve_engine`` for a ``TrainConfig``."""
     return resolve_engine(
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-        activation_checkpointing=cfg.activation_checkpointing, deterministic=cfg.deterministic, facts=facts,
-        step_shape=step_shape, agree=agree,
+        small_map_gemm=cfg.small_map_gemm, activation_checkpointing=cfg.activation_checkpointing,
+        deterministic=cfg.deterministic, facts=facts, step_shape=step_shape, agree=agree, input_shape=input_shape,
     )  # fmt: skip
 
 
@@ -418,7 +495,8 @@ class CompiledWithFallback(nn.Module):
 
 
 __all__ = [
-    "AMP_DTYPES", "DeviceFacts", "Engine", "StepShape", "measure_amp", "choose_amp", "amp_dtype", "resolve_engine",
+    "AMP_DTYPES", "MIN_COVERING_WEIGHTS",
+    "DeviceFacts", "Engine", "StepShape", "measure_amp", "choose_amp", "amp_dtype", "resolve_engine",
     "engine_for", "resolve_amp",
-    "autocast_factory", "CompiledWithFallback", "optimizer_kernel", "has_local_response_norm",
+    "autocast_factory", "compute_context", "CompiledWithFallback", "optimizer_kernel", "has_local_response_norm",
 ]  # fmt: skip

@@ -26,7 +26,7 @@ def evaluate(
     ctx: DistContext,
     *,
     batch_size: int,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    compute: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     channels_last: bool = False,
     confusion: bool = False,
 ) -> dict:
@@ -43,7 +43,7 @@ def evaluate(
     for x, y in data.test_batches(batch_size, rank=ctx.rank, world_size=ctx.world_size, device=device):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
+        with compute():
             logits = model(x).float()
         pred = logits.topk(k5, dim=1).indices
         hits = pred.eq(y[:, None])

@@ -107,9 +107,11 @@ def evaluate_checkpoint(path: Path, *, data: str | None = None, image_size: int 
                          f"on {spec}: {str(err).splitlines()[0]}") from None
     ctx = distributed.DistContext(0, 1, 0, distributed.resolve_device(device), None)
     engine = resolve_engine(device=ctx.device, model=model, amp=amp or cfg.get("amp", "auto"),
-                            channels_last=cfg.get("channels_last"), compile=False)
+                            channels_last=cfg.get("channels_last"), compile=False,
+                            small_map_gemm=cfg.get("small_map_gemm"),
+                            input_shape=(info.in_chans, info.image_size, info.image_size))
     model = engine.prepare_model(model)
-    result = evaluate(model, source, ctx, batch_size=batch_size, confusion=True, autocast=engine.autocast,
+    result = evaluate(model, source, ctx, batch_size=batch_size, confusion=True, compute=engine.compute,
                       channels_last=engine.channels_last)
     matrix = result.pop("confusion")
     return CheckpointEvaluation(cfg["model"], spec, info.name, engine.amp, result, list(info.classes), matrix, out_dir)

@@ -191,8 +191,9 @@ class Run:
         if init is not None:  # a resumed run's weights are its checkpoint's
             self.init_facts = apply_init(model, init, self.say)
         freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
+        side = cfg.train_crop_size or info.image_size
         self.engine = engine_lib.engine_for(cfg, ctx.device, model, step_shape=self._step_shape(),
-                                            agree=ctx.all_reduce_sum)
+                                            agree=ctx.all_reduce_sum, input_shape=(info.in_chans, side, side))
         if self.engine.amp_measured:  # decided for this step: config.yaml keeps it, so a resume computes alike
             self.cfg = cfg = dataclasses.replace(cfg, amp=self.engine.amp)
         self.plan = self.strategy.plan(cfg, self.data)

@@ -128,7 +128,7 @@ class TrainStep:
             x = self.engine.prepare_input(x)
             sync = self.net.no_sync() if self.distributed and i < count - 1 else contextlib.nullcontext()
             with sync:
-                with self.engine.autocast():
+                with self.engine.compute():
                     out = self.net(x)
                     loss = self.task.loss(out, y)
                 self.scaler.scale(loss / count).backward()

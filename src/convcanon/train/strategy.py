@@ -120,7 +120,7 @@ class Strategy:
 
     def evaluate_module(self, module: nn.Module, data: Any, engine: Any, batch_size: int) -> dict[str, Any]:
         """The exact evaluation of ``module`` (the same on every process: the raw model, or its weight average)."""
-        return evaluate(module, data, self.ctx, batch_size=batch_size, autocast=engine.autocast,
+        return evaluate(module, data, self.ctx, batch_size=batch_size, compute=engine.compute,
                         channels_last=engine.channels_last)
 
     # ---- the weight average (train.ema)

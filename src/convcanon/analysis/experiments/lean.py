@@ -72,11 +72,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def exact_engine(device: torch.device):
-    """The engine the experiments run: fp32, NCHW, eager, so that their figures hold on any machine (bf16's rounding
-    depends on the hardware; the fast path changes nothing that a claim here is about)."""
+    """The engine the experiments run: fp32, NCHW, eager, every convolution a convolution, so that their figures hold
+    on any machine (bf16's rounding depends on the hardware; the fast path changes nothing that a claim here is
+    about)."""
     from ...train.engine import resolve_engine
 
-    return resolve_engine(device=device, amp="off", channels_last=False, compile=False)
+    return resolve_engine(device=device, amp="off", channels_last=False, compile=False, small_map_gemm=False)
 
 
 # Compiling costs tens of seconds per network and saves a fraction of each small step: it pays over the paper
