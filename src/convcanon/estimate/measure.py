@@ -152,7 +152,7 @@ def measure_local(
                       amp=engine_amp(amp, dev), channels_last=channels_last, compile=compile)  # fmt: skip
     torch.manual_seed(0)
     net = build_model(model, options, num_classes=classes, in_chans=in_chans, image_size=side, for_what="--image-size")
-    engine = engine_for(cfg, dev, net, input_shape=(in_chans, side, side))
+    engine = engine_for(cfg, dev, net, data=(in_chans, side))
     precision = "tf32" if amp == "tf32" else {"off": "fp32"}.get(engine.amp, engine.amp)
     for line in engine.describe():
         say(line)

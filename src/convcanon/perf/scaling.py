@@ -91,7 +91,7 @@ def _worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     classes = model_info(cfg.model).default_num_classes
     model = build_model(cfg.model, cfg.model_options, num_classes=classes, in_chans=3, image_size=args.image_size)
-    engine = engine_for(cfg, ctx.device, model, input_shape=(3, args.image_size, args.image_size))
+    engine = engine_for(cfg, ctx.device, model, data=(3, args.image_size))
     placement = strategy.place(model, engine, cfg, None, lambda msg: None)
     step: TrainStep = placement.step  # DDP around the model, as `convcanon train` under torchrun
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=ctx.device)

@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .small_maps import resolve_small_map_gemm
+
 # Triton, which inductor generates GPU kernels with, needs compute capability 7.0 (Volta) or newer.
 COMPILE_MIN_CAPABILITY = (7, 0)
 BF16_MIN_CAPABILITY = (8, 0)
@@ -201,12 +203,6 @@ class StepShape:
         work = measure_workload(model, num_classes=num_classes, image_size=side, in_chans=in_chans, **options)
         return cls(batch, in_chans, side, num_classes, work.flops_per_image * batch)
 
-
-# The small-map GEMM pays when the convolutions it takes hold at least this many weights in all (a 256-channel 3x3
-# convolution holds 590k): below, oneDNN is about as fast on them and the mode's Python call per operation of the
-# forward pass costs more (ResNet-20 on the 8x8 digits, 184k: the main job 5-15% slower; GoogLeNet at 80 px, 1.4M:
-# 1.05x faster; ResNet-18 at 32 px, 10M: 1.6x). docs/training.md.
-MIN_COVERING_WEIGHTS = 1_000_000
 
 # A step above this many FLOP is bf16's regime on the CPUs measured (and timing it would cost seconds): not measured.
 PROBE_MAX_FLOP = 100e9
@@ -358,8 +354,8 @@ def resolve_engine(
 
     if input_shape is None and step_shape is not None:
         input_shape = (step_shape.in_chans, step_shape.side, step_shape.side)
-    small_maps, reasons["small_map_gemm"] = _resolve_small_maps(small_map_gemm, gpu, resolved_compile,
-                                                                activation_checkpointing, model, input_shape)
+    small_maps, reasons["small_map_gemm"] = resolve_small_map_gemm(small_map_gemm, gpu, resolved_compile,
+                                                                   activation_checkpointing, model, input_shape)
     measured = amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None
     if measured:
         resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree, small_map_gemm=small_maps)
@@ -373,48 +369,13 @@ def resolve_engine(
                   measured, small_maps)
 
 
-def _resolve_small_maps(asked: bool | None, gpu: bool, compiled: bool, checkpointing: bool, model: nn.Module | None,
-                        input_shape: tuple[int, int, int] | None) -> tuple[bool, str]:
-    """``--small-map-gemm``: on CPU by default, unless compiling or recomputing activations (module docstring), or
-    when ``model``'s convolutions that cover their map at ``input_shape`` hold fewer than ``MIN_COVERING_WEIGHTS``
-    weights (the mode's own cost, about 10-40 us per operation of the forward pass, outweighs their gain: with none,
-    3-6% of ResNet-20's step on 32 px)."""
-    if asked and gpu:
-        raise ValueError("--small-map-gemm is a CPU path (oneDNN's convolutions on small maps); on a GPU leave it "
-                         "off (the default there)")
-    if asked and compiled:
-        return False, "off: the model is compiled (inductor lowers the convolutions itself)"
-    if asked is not None:
-        return asked, "as asked"
-    if gpu:
-        return False, "auto: off on GPU (cuDNN)"
-    if compiled:
-        return False, "auto: off under --compile (inductor lowers the convolutions)"
-    if checkpointing:
-        return False, "auto: off with activation checkpointing (recomputed outside the forward's context)"
-    if model is None or input_shape is None:
-        return True, "auto: convolutions that cover their whole input map run as one matrix product"
-    from .small_maps import covering_convolutions
-
-    side = f"{input_shape[1]}x{input_shape[2]}"
-    try:
-        covering = covering_convolutions(model, input_shape)
-    except Exception as err:  # a model the meta device cannot trace: the mode is safe either way
-        return True, f"auto: on (could not count this model's small maps: {type(err).__name__})"
-    if covering.calls == 0:
-        return False, f"auto: off, no convolution sees its whole input map on {side} inputs"
-    if covering.weights < MIN_COVERING_WEIGHTS:
-        return False, (f"auto: off, the convolutions that see their whole input map on {side} inputs are small "
-                       f"({covering.weights / 1e3:.0f}k weights): the mode would cost more than they gain")
-    many = f"{covering.calls} convolutions see" if covering.calls != 1 else "1 convolution sees"
-    return True, f"auto: on {side} inputs, {many} their whole input map: one matrix product each"
-
-
 def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,
                facts: DeviceFacts | None = None, step_shape: StepShape | None = None,
-               agree: Callable[[Tensor], Tensor] | None = None,
-               input_shape: tuple[int, int, int] | None = None) -> Engine:
-    """``resolve_engine`` for a ``TrainConfig``."""
+               agree: Callable[[Tensor], Tensor] | None = None, data: tuple[int, int] | None = None) -> Engine:
+    """``resolve_engine`` for a ``TrainConfig``; ``data`` = (channels, side) of the images, cropped to the config's
+    ``train_crop_size`` when it has one."""
+    side = data and (getattr(cfg, "train_crop_size", None) or data[1])
+    input_shape = (data[0], side, side) if data and side else None
     return resolve_engine(
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
         small_map_gemm=cfg.small_map_gemm, activation_checkpointing=cfg.activation_checkpointing,
@@ -495,8 +456,7 @@ class CompiledWithFallback(nn.Module):
 
 
 __all__ = [
-    "AMP_DTYPES", "MIN_COVERING_WEIGHTS",
-    "DeviceFacts", "Engine", "StepShape", "measure_amp", "choose_amp", "amp_dtype", "resolve_engine",
+    "AMP_DTYPES", "DeviceFacts", "Engine", "StepShape", "measure_amp", "choose_amp", "amp_dtype", "resolve_engine",
     "engine_for", "resolve_amp",
     "autocast_factory", "compute_context", "CompiledWithFallback", "optimizer_kernel", "has_local_response_norm",
 ]  # fmt: skip

@@ -191,9 +191,8 @@ class Run:
         if init is not None:  # a resumed run's weights are its checkpoint's
             self.init_facts = apply_init(model, init, self.say)
         freeze(model, cfg.freeze, cfg.head_lr_mult, self.say)
-        side = cfg.train_crop_size or info.image_size
         self.engine = engine_lib.engine_for(cfg, ctx.device, model, step_shape=self._step_shape(),
-                                            agree=ctx.all_reduce_sum, input_shape=(info.in_chans, side, side))
+                                            agree=ctx.all_reduce_sum, data=(info.in_chans, info.image_size))
         if self.engine.amp_measured:  # decided for this step: config.yaml keeps it, so a resume computes alike
             self.cfg = cfg = dataclasses.replace(cfg, amp=self.engine.amp)
         self.plan = self.strategy.plan(cfg, self.data)
@@ -222,8 +221,8 @@ class Run:
         cfg, info, cpu = self.cfg, self.data.info, self.ctx.device.type == "cpu"
         new_run = self.state is None and cfg.amp == "auto" and self.strategy.name != "pipeline" and cpu
         return engine_lib.StepShape.of(cfg.model, cfg.model_options, batch=cfg.batch_size, in_chans=info.in_chans,
-                                       side=cfg.train_crop_size or info.image_size,
-                                       num_classes=info.num_classes) if new_run else None
+                                       side=cfg.train_crop_size or info.image_size, num_classes=info.num_classes
+                                       ) if new_run else None
 
     def _read_init(self) -> InitWeights:
         """``--init``'s weights, read before the data opens: a source that records how its inputs were normalized

@@ -201,5 +201,47 @@ def covering_convolutions(model: nn.Module, input_shape: tuple[int, int, int]) -
     return Covering(count.calls, count.weights)
 
 
-__all__ = ["MAX_EXPANSION", "Covering", "Plan", "SmallMapConvolutions", "covering_convolutions", "covering_plan",
-           "whole_map_conv2d"]
+# The small-map GEMM pays when the convolutions it takes hold at least this many weights in all (a 256-channel 3x3
+# convolution holds 590k): below, oneDNN is about as fast on them and the mode's Python call per operation of the
+# forward pass costs more (ResNet-20 on the 8x8 digits, 184k: the main job 5-15% slower; GoogLeNet at 80 px, 1.4M:
+# 1.05x faster; ResNet-18 at 32 px, 10M: 1.6x). docs/training.md.
+MIN_COVERING_WEIGHTS = 1_000_000
+
+
+def resolve_small_map_gemm(asked: bool | None, gpu: bool, compiled: bool, checkpointing: bool,
+                           model: nn.Module | None, input_shape: tuple[int, int, int] | None) -> tuple[bool, str]:
+    """``--small-map-gemm``: on CPU by default, unless compiling or recomputing activations (train/engine.py's
+    docstring), or when ``model``'s convolutions that cover their map at ``input_shape`` hold fewer than
+    ``MIN_COVERING_WEIGHTS`` weights (the mode's own cost, about 10-40 us per operation of the forward pass, outweighs
+    their gain: with none, 3-6% of ResNet-20's step on 32 px)."""
+    if asked and gpu:
+        raise ValueError("--small-map-gemm is a CPU path (oneDNN's convolutions on small maps); on a GPU leave it "
+                         "off (the default there)")
+    if asked and compiled:
+        return False, "off: the model is compiled (inductor lowers the convolutions itself)"
+    if asked is not None:
+        return asked, "as asked"
+    if gpu:
+        return False, "auto: off on GPU (cuDNN)"
+    if compiled:
+        return False, "auto: off under --compile (inductor lowers the convolutions)"
+    if checkpointing:
+        return False, "auto: off with activation checkpointing (recomputed outside the forward's context)"
+    if model is None or input_shape is None:
+        return True, "auto: convolutions that cover their whole input map run as one matrix product"
+    side = f"{input_shape[1]}x{input_shape[2]}"
+    try:
+        covering = covering_convolutions(model, input_shape)
+    except Exception as err:  # a model the meta device cannot trace: the mode is safe either way
+        return True, f"auto: on (could not count this model's small maps: {type(err).__name__})"
+    if covering.calls == 0:
+        return False, f"auto: off, no convolution sees its whole input map on {side} inputs"
+    if covering.weights < MIN_COVERING_WEIGHTS:
+        return False, (f"auto: off, the convolutions that see their whole input map on {side} inputs are small "
+                       f"({covering.weights / 1e3:.0f}k weights): the mode would cost more than they gain")
+    many = f"{covering.calls} convolutions see" if covering.calls != 1 else "1 convolution sees"
+    return True, f"auto: on {side} inputs, {many} their whole input map: one matrix product each"
+
+
+__all__ = ["MAX_EXPANSION", "MIN_COVERING_WEIGHTS", "Covering", "Plan", "SmallMapConvolutions",
+           "covering_convolutions", "covering_plan", "resolve_small_map_gemm", "whole_map_conv2d"]
