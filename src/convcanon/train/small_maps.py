@@ -10,7 +10,7 @@ only the centre ever meets data) and the stage before on 2x2 maps; VGG-16 at 32 
 them tap by tap, mostly over padding, and its backward pass takes 3-7x its forward there; the same sums as one matrix
 product (the weight laid out as that dense matrix; in backward its gradient summed back onto the taps) run 2.5-5x
 faster, forward and backward together, on the CPUs measured, which makes ResNet-18's whole training step at 32 px
-about 1.5x faster (``python benchmarks/small_maps.py``; BENCHMARKS.md).
+about 1.6x faster (``python benchmarks/small_maps.py``; BENCHMARKS.md).
 
 The result is the convolution's to rounding (another summation order; in float64 they agree to 1e-12), and the weight
 gradient of the taps that only ever meet padding is exactly zero, as in the convolution. Every other convolution, and
