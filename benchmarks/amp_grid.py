@@ -20,7 +20,9 @@ GRID = [("resnet18", 32, 128), ("resnet18", 64, 64), ("resnet18", 128, 32), ("re
         ("vgg16", 32, 64), ("alexnet", 224, 32)]
 
 
-def rate(name: str, side: int, batch: int, amp: str, seconds: float) -> float:
+def rate(name: str, side: int, batch: int, amp: str, seconds: float, **engine_options: object) -> float:
+    """Images/s of ``convcanon train``'s step for ``name`` at ``side`` px over a window of ``seconds``; the engine is
+    resolved as train resolves it, ``engine_options`` (e.g. ``small_map_gemm``) overriding its automatic choices."""
     from convcanon.train.config import TrainConfig
     from convcanon.train.engine import resolve_engine
     from convcanon.train.settings import build_model
@@ -28,7 +30,7 @@ def rate(name: str, side: int, batch: int, amp: str, seconds: float) -> float:
 
     torch.manual_seed(0)
     model = build_model(name, {}, num_classes=10, in_chans=3, image_size=side)
-    engine = resolve_engine(device="cpu", model=model, amp=amp)
+    engine = resolve_engine(device="cpu", model=model, amp=amp, input_shape=(3, side, side), **engine_options)
     _, step = build_step(model, engine, TrainConfig(model=name, batch_size=batch, lr=1e-3), say=lambda _: None)
     x, y = torch.randn(batch, 3, side, side), torch.randint(0, 10, (batch,))
     for i in range(2):

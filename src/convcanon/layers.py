@@ -4,13 +4,14 @@ Each idea of the canon that is a switch on several families lives here once: the
 tanh and sigmoid that AlexNet's paper compared it against), batch norm on or off, dropout, and the two kinds of head
 (GoogLeNet's global average pool vs the AlexNet/VGG fully connected tower, both built by :func:`make_head`). So does
 what every model needs from its layers: the smallest input a chain of convolutions and pools accepts
-(:func:`min_input_side`, from PyTorch's output-size formulas), the input check, and activation checkpointing
-(:func:`checkpoint_seq`).
+(:func:`min_input_side`, from PyTorch's output-size formulas), the input check, a call on the meta device that
+reads shapes without computing (:func:`meta_call`), and activation checkpointing (:func:`checkpoint_seq`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -246,6 +247,17 @@ def reduction(path: Iterable[Window]) -> int:
 
 # --------------------------------------------------------------------------------------------------------------------
 # input check
+
+
+def meta_call(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` with every parameter and buffer replaced by a meta tensor: shapes and FLOPs, no arithmetic (the
+    module's own tensors are untouched)."""
+    from torch.func import functional_call
+
+    tensors = {n: torch.empty_like(t, device="meta") for n, t in
+               itertools.chain(module.named_parameters(), module.named_buffers())}
+    out: Tensor = functional_call(module, tensors, (x,))
+    return out
 
 
 def check_input(x: Tensor, *, in_chans: int, min_size: int, model: str) -> None:

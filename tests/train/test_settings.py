@@ -96,6 +96,15 @@ def test_bf16_is_fine_on_every_device():
     check_settings(TrainConfig(amp="bf16", device="cpu"))
 
 
+def test_small_map_gemm_on_a_gpu_is_refused_before_the_run(monkeypatch):
+    import convcanon.train.settings as settings
+
+    monkeypatch.setattr(settings, "resolve_device", lambda *args: torch.device("cuda", 0))
+    with pytest.raises(ValueError, match="--small-map-gemm is a CPU path"):
+        check_settings(TrainConfig(small_map_gemm=True))
+    check_settings(TrainConfig(small_map_gemm=False))  # off, or auto, is fine there
+
+
 @pytest.mark.parametrize(("settings", "match"), [
     pytest.param({"model_options": {"widht": 8}}, "no option 'widht'", id="option"),
     pytest.param({"model": "vgg16"}, "needs inputs of at least 32x32", id="too small for the crop"),

@@ -16,7 +16,9 @@ import time
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from ..layers import meta_call
 
 
 class Layer(NamedTuple):
@@ -49,22 +51,13 @@ def pipeline_layers(model: nn.Module) -> list[Layer]:
 # Cost and balance
 
 
-def _meta_call(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` with every parameter and buffer replaced by a meta tensor: shapes and FLOPs, no arithmetic."""
-    from torch.func import functional_call
-
-    tensors = {n: torch.empty_like(t, device="meta") for n, t in
-               itertools.chain(module.named_parameters(), module.named_buffers())}
-    return functional_call(module, tensors, (x,))
-
-
 def layer_shapes(layers: list[Layer], input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The input shape of every layer and, last, the output shape (meta device: nothing is computed)."""
     shapes = [tuple(input_shape)]
     x = torch.empty(input_shape, device="meta")
     with torch.no_grad():
         for layer in layers:
-            x = _meta_call(layer.module, x)
+            x = meta_call(layer.module, x)
             shapes.append(tuple(x.shape))
     return shapes
 
@@ -86,7 +79,7 @@ def layer_costs(layers: list[Layer], input_shape: tuple[int, ...], method: str =
         if method == "flops":
             counter = FlopCounterMode(display=False)
             with counter, torch.no_grad():
-                _meta_call(layer.module, torch.empty(shape, device="meta"))
+                meta_call(layer.module, torch.empty(shape, device="meta"))
             costs.append(float(counter.get_total_flops()))
         elif method == "time":
             costs.append(_time_layer(layer.module, shape, torch.device(device), repeats))

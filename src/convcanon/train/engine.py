@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .small_maps import resolve_small_map_gemm
+from .small_maps import SmallMapConvolutions, resolve_small_map_gemm
 
 # Triton, which inductor generates GPU kernels with, needs compute capability 7.0 (Volta) or newer.
 COMPILE_MIN_CAPABILITY = (7, 0)
@@ -277,8 +277,6 @@ def compute_context(amp: str, device: torch.device, small_map_gemm: bool = False
     """Autocast at ``amp`` on ``device`` and, with ``small_map_gemm``, ``train.small_maps``'s mode, entered together."""
     if not small_map_gemm:
         return autocast_factory(amp, device)()
-    from .small_maps import SmallMapConvolutions
-
     stack = contextlib.ExitStack()
     stack.enter_context(autocast_factory(amp, device)())
     stack.enter_context(SmallMapConvolutions())
@@ -374,8 +372,10 @@ def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,
                agree: Callable[[Tensor], Tensor] | None = None, data: tuple[int, int] | None = None) -> Engine:
     """``resolve_engine`` for a ``TrainConfig``; ``data`` = (channels, side) of the images, cropped to the config's
     ``train_crop_size`` when it has one."""
-    side = data and (getattr(cfg, "train_crop_size", None) or data[1])
-    input_shape = (data[0], side, side) if data and side else None
+    input_shape = None
+    if data is not None:
+        side = cfg.train_crop_size or data[1]
+        input_shape = (data[0], side, side)
     return resolve_engine(
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
         small_map_gemm=cfg.small_map_gemm, activation_checkpointing=cfg.activation_checkpointing,

@@ -6,7 +6,8 @@ opens and writes nothing; in order:
 
 1. every numeric range and choice (``config.validate``);
 2. the device, and the precision on it: ``--device cuda`` without CUDA, ``--amp fp16`` off CUDA (``bf16`` runs on every
-   device, ``auto`` cannot be wrong); ``--decode gpu`` where the GPU decoder cannot run;
+   device, ``auto`` cannot be wrong); ``--small-map-gemm`` on a GPU; ``--decode gpu`` where the GPU decoder cannot
+   run;
 3. the data spec (``data.parse_data``): its form, its folder and the folder's kind, the shape of its batches; nothing
    is read, decoded or scanned; the augmentation against it (a mean and std per channel, ``--decode gpu`` only with
    the default recipe);
@@ -35,6 +36,7 @@ from .config import TrainConfig, flag_name, validate
 from .distributed import resolve_device
 from .engine import resolve_amp
 from .finetune import check_freeze, check_init
+from .small_maps import GPU_REFUSAL
 
 # Model options that the data decides, and what to change instead.
 _FROM_THE_DATA = {
@@ -51,6 +53,8 @@ def check_settings(cfg: TrainConfig, where: str = "config") -> DataSpec:
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     if cfg.amp != "auto":  # auto resolves to what the device has: never an error
         resolve_amp(cfg.amp, device)
+    if cfg.small_map_gemm and device.type != "cpu":
+        raise ValueError(GPU_REFUSAL)
     data = parse_data(cfg.data, image_size=cfg.image_size, decode=cfg.decode, data_root=cfg.data_root)
     check_augmentation(cfg, data)
     smallest = min(s for s in (data.image_size, cfg.train_crop_size, cfg.val_crop_size) if s)

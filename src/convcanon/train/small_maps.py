@@ -10,7 +10,7 @@ only the centre ever meets data) and the stage before on 2x2 maps; VGG-16 at 32 
 them tap by tap, mostly over padding, and its backward pass takes 3-7x its forward there; the same sums as one matrix
 product (the weight laid out as that dense matrix; in backward its gradient summed back onto the taps) run 2.5-5x
 faster, forward and backward together, on the CPUs measured, which makes ResNet-18's whole training step at 32 px
-about 1.6x faster (``python benchmarks/small_maps.py``; BENCHMARKS.md).
+about 1.5-1.6x faster (``python benchmarks/small_maps.py``; BENCHMARKS.md).
 
 The result is the convolution's to rounding (another summation order; in float64 they agree to 1e-12), and the weight
 gradient of the taps that only ever meet padding is exactly zero, as in the convolution. Every other convolution, and
@@ -22,7 +22,6 @@ around forward passes on CPU (``--no-small-map-gemm`` turns it off), and it only
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any, NamedTuple
 
 import torch
@@ -191,21 +190,22 @@ class _CountCovering(TorchFunctionMode):
 def covering_convolutions(model: nn.Module, input_shape: tuple[int, int, int]) -> Covering:
     """The convolution calls of ``model``'s training forward pass on ``input_shape`` (C, H, W) images that cover their
     input map: shapes only, on the meta device (nothing is computed; the model's weights and buffers are untouched)."""
-    from torch.func import functional_call
+    from ..layers import meta_call
 
-    state = {name: torch.empty_like(t, device="meta")
-             for name, t in itertools.chain(model.named_parameters(), model.named_buffers())}
     count = _CountCovering()
     with count, torch.no_grad():
-        functional_call(model, state, (torch.empty((2, *input_shape), device="meta"),))
+        meta_call(model, torch.empty((2, *input_shape), device="meta"))
     return Covering(count.calls, count.weights)
 
 
 # The small-map GEMM pays when the convolutions it takes hold at least this many weights in all (a 256-channel 3x3
 # convolution holds 590k): below, oneDNN is about as fast on them and the mode's Python call per operation of the
 # forward pass costs more (ResNet-20 on the 8x8 digits, 184k: the main job 5-15% slower; GoogLeNet at 80 px, 1.4M:
-# 1.05x faster; ResNet-18 at 32 px, 10M: 1.6x). docs/training.md.
+# 1.05x faster; ResNet-18 at 32 px, 10M: 1.5-1.6x). docs/training.md.
 MIN_COVERING_WEIGHTS = 1_000_000
+
+GPU_REFUSAL = ("--small-map-gemm is a CPU path (oneDNN's convolutions on small maps); on a GPU leave it off (the "
+               "default there)")
 
 
 def resolve_small_map_gemm(asked: bool | None, gpu: bool, compiled: bool, checkpointing: bool,
@@ -213,10 +213,9 @@ def resolve_small_map_gemm(asked: bool | None, gpu: bool, compiled: bool, checkp
     """``--small-map-gemm``: on CPU by default, unless compiling or recomputing activations (train/engine.py's
     docstring), or when ``model``'s convolutions that cover their map at ``input_shape`` hold fewer than
     ``MIN_COVERING_WEIGHTS`` weights (the mode's own cost, about 10-40 us per operation of the forward pass, outweighs
-    their gain: with none, 3-6% of ResNet-20's step on 32 px)."""
+    their gain: with none, 4-9% of ResNet-20's step on 32 px)."""
     if asked and gpu:
-        raise ValueError("--small-map-gemm is a CPU path (oneDNN's convolutions on small maps); on a GPU leave it "
-                         "off (the default there)")
+        raise ValueError(GPU_REFUSAL)
     if asked and compiled:
         return False, "off: the model is compiled (inductor lowers the convolutions itself)"
     if asked is not None:
@@ -243,5 +242,5 @@ def resolve_small_map_gemm(asked: bool | None, gpu: bool, compiled: bool, checkp
     return True, f"auto: on {side} inputs, {many} their whole input map: one matrix product each"
 
 
-__all__ = ["MAX_EXPANSION", "MIN_COVERING_WEIGHTS", "Covering", "Plan", "SmallMapConvolutions",
+__all__ = ["GPU_REFUSAL", "MAX_EXPANSION", "MIN_COVERING_WEIGHTS", "Covering", "Plan", "SmallMapConvolutions",
            "covering_convolutions", "covering_plan", "resolve_small_map_gemm", "whole_map_conv2d"]
