@@ -140,3 +140,57 @@ def test_a_first_step_skipped_by_the_loss_scaler_leaves_clean_momentum():
     for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         # 1e-6 relative: the scaled gradient is unscaled by a power of two (exact); FMA contraction as above.
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def _cl_net():
+    # Shapes whose (O, H, W, I) view differs from (O, I, H, W), and one ([6, 3, 3, 3]) where both read the same.
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(5 * 6 * 6, 4))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_channels_last_weights_update_in_place_as_contiguous_ones(optimizer):
+    # The fused kernels copy non-contiguous tensors in and out; build_optimizer's update runs on the contiguous views
+    # of channels-last weights instead (optim.dense_views). Elementwise, so every value equals the NCHW model's
+    # update, and afterwards the weights, gradients and state have their own shapes, layout and memory again.
+    # Tolerance 1e-6 relative: the kernel's vector loop contracts multiply-adds (FMA) and its scalar tail may not, and
+    # another memory order puts other elements in the tail (numel not a multiple of the vector width): a last-bit
+    # difference per step; a wrong element mapping differs by the size of an update (>= 1e-4 here).
+    cfg = TrainConfig(optimizer=optimizer, nesterov=True, weight_decay=5e-4)
+    cl = _cl_net().to(memory_format=torch.channels_last)
+    ref = _cl_net()
+    opts = [build_optimizer(m, cfg, torch.device("cpu")) for m in (cl, ref)]
+    storage = {n: p.data_ptr() for n, p in cl.named_parameters()}
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        _grads(ref, x, y)  # the same gradients for both (the convolutions round differently in the two layouts)
+        for a, b in zip(cl.parameters(), ref.parameters(), strict=True):
+            a.grad = b.grad.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else b.grad.clone()
+        for o in opts:
+            o.step()
+    close = {"rtol": 1e-6, "atol": 1e-9}
+    for (name, a), b in zip(cl.named_parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, **close), name
+        assert a.shape == b.shape and a.grad.shape == b.shape and a.data_ptr() == storage[name]
+        if a.dim() == 4:
+            assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        for key, value in opts[0].state[a].items():
+            if key != "step":
+                assert value.shape == a.shape and torch.allclose(value, opts[1].state[b][key], **close), (name, key)
+    saved = opts[0].state_dict()
+    fresh = build_optimizer(cl, cfg, torch.device("cpu"))
+    fresh.load_state_dict(saved)  # the checkpoint form is the plain optimizer's
+
+
+def test_dense_views_leave_everything_as_it_was_when_the_step_raises():
+    from convcanon.train.optim import dense_views
+
+    net = _cl_net().to(memory_format=torch.channels_last)
+    opt = build_optimizer(net, TrainConfig(), torch.device("cpu"))
+    _grads(net, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    before = {n: (p.shape, p.stride(), p.grad.stride()) for n, p in net.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"), dense_views(opt):
+        assert not any(p.dim() == 4 and not p.is_contiguous() for p in net.parameters())
+        raise RuntimeError("boom")
+    assert before == {n: (p.shape, p.stride(), p.grad.stride()) for n, p in net.named_parameters()}
