@@ -135,3 +135,38 @@ def test_models_family_takes_a_pattern_and_names_the_families_when_unknown(capsy
     assert "unknown model family 'resnets'; families: alexnet, googlenet, resnet, resnet_cifar, vgg" in (
         capsys.readouterr().err
     )
+
+
+def test_the_entry_points_quick_exit_keeps_what_an_exit_owes(tmp_path):
+    # exit_now skips the interpreter's teardown (about a second with torch._dynamo loaded) but not the exit's duties:
+    # a thread that is not a daemon finishes, exit handlers run after it, buffered output reaches a pipe, and the code
+    # is the command's.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import atexit, sys, threading, time
+        from convcanon.cli import exit_now
+        atexit.register(lambda: print("handler", open({str(tmp_path / "t")!r}).read()))
+        def late():
+            time.sleep(0.3)
+            open({str(tmp_path / "t")!r}, "w").write("thread done")
+        threading.Thread(target=late).start()
+        sys.stdout.write("buffered, no newline; ")
+        exit_now(3)
+        print("never")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered, no newline; handler thread done\n"
+
+
+def test_python_dash_m_convcanon_ends_with_the_commands_code(tmp_path):
+    import subprocess
+    import sys
+
+    # (the runs of tests/distributed and tests/adversarial end through it with 0 and their own codes too)
+    bad = subprocess.run([sys.executable, "-m", "convcanon", "train", "--model", "resnet21", "--out",
+                          str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown model 'resnet21'" in bad.stderr

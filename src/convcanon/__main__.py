@@ -1,7 +1,5 @@
 """``python -m convcanon``: the CLI; also the entry point for ``torchrun -m convcanon train ...``."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()
