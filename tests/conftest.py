@@ -18,3 +18,10 @@ atexit.register(shutil.rmtree, os.environ["CONVCANON_DATA"], True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    # What runs keep between runs on a machine (the precision probe's times: train/amp_probe.py) goes to a folder of
+    # the test's own: no test reads what another test or the user's runs kept.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -33,6 +33,13 @@ from typing import IO, Any
 PathLike = str | os.PathLike[str]
 
 
+def user_cache_dir() -> Path:
+    """convcanon's folder for what it keeps between runs on this machine: ``$XDG_CACHE_HOME/convcanon`` (an absolute
+    ``XDG_CACHE_HOME`` only, as the XDG spec says), else ``~/.cache/convcanon``. Nothing is created."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path("~/.cache").expanduser()) / "convcanon"
+
+
 # --------------------------------------------------------------------------------------------- atomic file writes
 
 

@@ -19,6 +19,7 @@ from convcanon.train.engine import (
     DeviceFacts,
     StepShape,
     choose_amp,
+    cpu_name,
     engine_for,
     measure_amp,
     resolve_engine,
@@ -375,3 +376,51 @@ def test_real_gpu_resolution_and_checkpointing_on_it():
         # 1e-5: cuDNN may pick another algorithm for the recomputation than for the first forward (it is not bound to
         # the same one across calls unless deterministic), so the gradients agree to float32 rounding, not bitwise.
         torch.testing.assert_close(g_ckpt[key], g_plain[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_the_probes_times_are_kept_for_the_same_step_on_this_machine(tmp_path):
+    from convcanon.train import amp_probe
+
+    passes = []
+    model = convcanon.create_model("resnet20", num_classes=10)
+    model.register_forward_hook(lambda *_: passes.append(1))  # the probe's copy of the model keeps the hook
+    shape = StepShape(4, 3, 8, 10, 1e6)
+    first, why = measure_amp(model, shape, channels_last=True, keep=True)
+    assert len(passes) == 6 and "kept in" not in why  # measured: a warm-up and two timed passes of each precision
+    assert amp_probe.probe_path().is_file()
+    again, why_again = measure_amp(model, shape, channels_last=True, keep=True)
+    assert len(passes) == 6 and again == first  # read back, not measured; the same rule decides
+    assert "measured on this step on 20" in why_again and str(amp_probe.probe_path()) in why_again
+    measure_amp(model, StepShape(8, 3, 8, 10, 1e6), channels_last=True, keep=True)  # another batch: measured
+    assert len(passes) == 12
+    measure_amp(model, shape, channels_last=False, keep=True)  # another memory format: measured
+    assert len(passes) == 18
+    model.fc.weight.requires_grad_(False)  # another backward pass (a frozen layer): measured
+    measure_amp(model, shape, channels_last=True, keep=True)
+    assert len(passes) == 24
+    measure_amp(model, shape, channels_last=True)  # not asked to keep: measured, the file not read
+    assert len(passes) == 30
+
+
+def test_a_damaged_or_unwritable_probe_file_is_measured_around(tmp_path, monkeypatch):
+    from convcanon.train import amp_probe
+
+    model, shape = convcanon.create_model("resnet20", num_classes=10), StepShape(4, 3, 8, 10, 1e6)
+    path = amp_probe.probe_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    amp, why = measure_amp(model, shape, channels_last=True, keep=True)
+    assert amp in ("off", "bf16") and json.loads(path.read_text())  # measured, and the file rewritten whole
+    key = amp_probe.probe_key(model, shape, True, False, cpu_name())
+    path.write_text(json.dumps({key: {"fp32": "x"}}))
+    assert "kept in" not in measure_amp(model, shape, channels_last=True, keep=True)[1]  # a bad entry: measured
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("a file where the folder would be")
+    assert measure_amp(model, shape, channels_last=True, keep=True)[0] in ("off", "bf16")  # nothing kept, no error
+    entries = {str(i): {"fp32": 1.0, "bf16": 1.0, "when": "then"} for i in range(amp_probe.MAX_ENTRIES + 5)}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "many"))
+    amp_probe.remember("new", 0.1, 0.2)
+    amp_probe.probe_path().write_text(json.dumps(entries))
+    amp_probe.remember("newer", 0.1, 0.2)
+    kept = json.loads(amp_probe.probe_path().read_text())
+    assert len(kept) == amp_probe.MAX_ENTRIES and "newer" in kept and "0" not in kept  # the oldest went first

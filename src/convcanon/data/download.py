@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from ..io import WriteError, refused_write
+from ..io import WriteError, refused_write, user_cache_dir
 from .walk import shown
 
 ROOT_ENV = "CONVCANON_DATA"
@@ -121,9 +121,7 @@ def data_root(given: str | os.PathLike[str] | None = None) -> Path:
         return Path(given).expanduser()
     if os.environ.get(ROOT_ENV):
         return Path(os.environ[ROOT_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    cache = Path(xdg) if os.path.isabs(xdg) else Path("~/.cache").expanduser()
-    return cache / "convcanon" / "data"
+    return user_cache_dir() / "data"
 
 
 def fetch(name: str, root: str | os.PathLike[str], *, progress: bool = False,

@@ -15,7 +15,8 @@ automatic rules are in BENCHMARKS.md.
   0.6-0.8x), and no static rule separated the two on the measured grid (BENCHMARKS.md), so ``measure_amp`` times one
   forward-backward pass of each on a copy of the model and keeps bf16 unless fp32 is at least ``FP32_MARGIN``
   faster (every process agrees: the times are summed over them). A run writes the choice into its config.yaml, so a
-  resume computes as the run began. Weights, optimizer state and the loss stay fp32; only the
+  resume computes as the run began, and the two times are kept on the machine for the next run of the same step
+  (``train.amp_probe``). Weights, optimizer state and the loss stay fp32; only the
   convolutions and matrix products round to bf16's 8-bit mantissa, which is why a run's numbers depend on the
   hardware it runs on, as they do across GPU generations: ``--amp off`` pins fp32 where they must not (exactness
   tests, comparisons across machines, the evidence report's runs). fp16 (with loss scaling) only when asked for, on
@@ -212,17 +213,40 @@ FP32_MARGIN = 1.15
 
 def measure_amp(model: nn.Module, shape: StepShape, channels_last: bool,
                 agree: Callable[[Tensor], Tensor] | None = None, repeats: int = 2,
-                small_map_gemm: bool = False) -> tuple[str, str]:
+                small_map_gemm: bool = False, keep: bool = False) -> tuple[str, str]:
     """bf16 or fp32 (``off``) for ``model``'s training step on this CPU, and why: the fastest of ``repeats`` timed
     forward-backward passes of each (alternating), after one warm-up each, on a copy of the model (the model, its
     gradients and every random generator are left as they were). ``agree`` sums the two times over the processes of
-    a run; ``small_map_gemm`` times the passes as the run will compute them."""
-    import copy
-    import time
+    a run; ``small_map_gemm`` times the passes as the run will compute them; with ``keep``, the times of this step on
+    this machine are read from, or kept in, the probe's file (``train.amp_probe``)."""
+    from . import amp_probe
 
     if shape.flop > PROBE_MAX_FLOP:
         return "bf16", (f"auto: this CPU has native bf16 (AVX512-BF16/AMX), and a step of {shape.flop / 1e9:.0f} "
                         "GFLOP is where it pays")
+    key = amp_probe.probe_key(model, shape, channels_last, small_map_gemm, cpu_name()) if keep else None
+    kept = amp_probe.recall(key) if key else None
+    if kept is None:
+        seconds = _time_passes(model, shape, channels_last, repeats, small_map_gemm)
+        if key:
+            amp_probe.remember(key, *seconds)
+    else:
+        seconds = kept[:2]
+    times = torch.tensor(seconds, dtype=torch.float64)
+    fp32, bf16 = (agree(times) if agree is not None else times).tolist()
+    amp, why = choose_amp(fp32, bf16)
+    if kept is not None:
+        why = why.replace("measured on this step", f"measured on this step on {kept[2]} (kept in "
+                          f"{amp_probe.probe_path()}; delete it to measure again)", 1)
+    return amp, why
+
+
+def _time_passes(model: nn.Module, shape: StepShape, channels_last: bool, repeats: int,
+                 small_map_gemm: bool) -> tuple[float, float]:
+    """``measure_amp``'s timing: (fp32 seconds, bf16 seconds) of the fastest pass of each."""
+    import copy
+    import time
+
     net = copy.deepcopy(model).train()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.in_chans, shape.side, shape.side, generator=gen)
@@ -240,9 +264,7 @@ def measure_amp(model: nn.Module, shape: StepShape, channels_last: bool,
                 net.zero_grad(set_to_none=True)
                 if i:  # the first pass of each creates oneDNN's kernels
                     seconds[amp] = min(seconds[amp], time.perf_counter() - t0)
-    times = torch.tensor([seconds["off"], seconds["bf16"]], dtype=torch.float64)
-    fp32, bf16 = (agree(times) if agree is not None else times).tolist()
-    return choose_amp(fp32, bf16)
+    return seconds["off"], seconds["bf16"]
 
 
 def choose_amp(fp32: float, bf16: float) -> tuple[str, str]:
@@ -308,11 +330,13 @@ def resolve_engine(
     step_shape: StepShape | None = None,
     agree: Callable[[Tensor], Tensor] | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    keep_probe: bool = False,
 ) -> Engine:
     """Resolve every ``None``/``auto`` setting for ``model`` on ``device`` (described by ``facts``, read from torch by
     default); the rules are in the module docstring. ``step_shape`` (with ``model``) lets a CPU with native bf16
     measure whether bf16 pays for this step; ``agree`` sums the measurements over a run's processes. ``input_shape``
-    (C, H, W; or ``step_shape``'s) tells whether the model has convolutions for the small-map GEMM."""
+    (C, H, W; or ``step_shape``'s) tells whether the model has convolutions for the small-map GEMM; ``keep_probe``
+    reads and keeps the measurement in the probe's file (``train.amp_probe``: ``engine_for`` does, for runs)."""
     device = torch.device(device)
     facts = facts or DeviceFacts.of(device)
     reasons: dict[str, str] = {}
@@ -356,7 +380,8 @@ def resolve_engine(
                                                                    activation_checkpointing, model, input_shape)
     measured = amp == "auto" and not gpu and facts.cpu_bf16 and model is not None and step_shape is not None
     if measured:
-        resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree, small_map_gemm=small_maps)
+        resolved_amp, reasons["amp"] = measure_amp(model, step_shape, resolved_cl, agree, small_map_gemm=small_maps,
+                                                   keep=keep_probe)
 
     benchmark = gpu and not deterministic
     reasons["cudnn_benchmark"] = ("off: deterministic" if deterministic else "auto: fixed input shapes") if gpu else ""
@@ -380,6 +405,7 @@ def engine_for(cfg: Any, device: torch.device, model: nn.Module | None = None,
         device=device, model=model, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
         small_map_gemm=cfg.small_map_gemm, activation_checkpointing=cfg.activation_checkpointing,
         deterministic=cfg.deterministic, facts=facts, step_shape=step_shape, agree=agree, input_shape=input_shape,
+        keep_probe=True,
     )  # fmt: skip
 
 
