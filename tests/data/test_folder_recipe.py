@@ -118,6 +118,50 @@ def test_auto_holds_a_square_tree_in_memory(tmp_path, capsys):
     assert x.shape == (8, 3, 16, 16)
 
 
+def test_a_tree_held_in_memory_is_read_and_decoded_once(tmp_path, monkeypatch):
+    # The scan decodes every file to check it; for a tree that will be held in memory it keeps those pixels
+    # (scan.held_pixels) instead of decoding the tree a second time. A bad file left out with --skip-bad leaves the
+    # kept pixels in line with the report's files.
+    import convcanon.data.folder_cache
+    import convcanon.data.scan
+    from convcanon.data.folder_cache import decode_all
+
+    root = square_tree(tmp_path / "t", per_class=60)  # 126 files: > 1% bad would stop --skip-bad
+    (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    opened: list[str] = []
+    for module in (convcanon.data.scan, convcanon.data.folder_cache):
+        real = module.load_rgb
+        monkeypatch.setattr(module, "load_rgb", lambda path, real=real: opened.append(path) or real(path))
+    as_stored = AugmentOptions(val_resize_size=12)  # evaluation at the stored size: the test split kept as decoded
+    state = torch.random.get_rng_state()
+    source = open_tree(root, cache="auto", skip_bad=True, augment=as_stored)
+    assert isinstance(source, InMemorySource) and torch.equal(torch.random.get_rng_state(), state)
+    good = [p for p in opened if not p.endswith("broken.png")]
+    assert len(good) == 126 and len(set(good)) == 126  # every good file decoded exactly once
+    report = convcanon.data.scan.scan_folder(root, progress=False)  # the scan's cached report: nothing kept
+    assert convcanon.data.scan.held_pixels(report) is None
+    train = decode_all([p for p, _ in report.train], 0)
+    test = decode_all([p for p, _ in report.val], 0)
+    images, labels, test_images, _ = source._cpu
+    assert torch.equal(images, train) and torch.equal(test_images, test)
+    assert labels.tolist() == [c for _, c in report.train]
+    opened.clear()
+    # The report from the scan's cache: nothing kept, so decoded for memory; either way torch's random state is left
+    # as it was (the model built next gets the seed's weights).
+    state = torch.random.get_rng_state()
+    again = open_tree(root, cache="auto", skip_bad=True, augment=as_stored)
+    assert torch.equal(again._cpu[0], train) and len(opened) == 126
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_a_tree_whose_sizes_differ_after_the_first_streams_from_the_kept_scan(tmp_path, capsys):
+    root = square_tree(tmp_path / "t")
+    Image.fromarray(np.zeros((12, 10, 3), dtype=np.uint8)).save(root / "val" / "b" / "1.png")
+    assert isinstance(open_tree(root, cache="auto"), FolderSource)
+    err = capsys.readouterr().err
+    assert "streamed" in err and "sizes differ" in err and "1.png is 12x10, the first image 12x12" in err
+
+
 def test_a_tree_of_mixed_sizes_streams_or_is_refused(tmp_path, capsys):
     root = make_tree(tmp_path / "pets")  # 20x14 images, not square
     assert isinstance(open_tree(root, cache="auto"), FolderSource)

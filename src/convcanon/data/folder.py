@@ -329,7 +329,12 @@ def make_folder(path: str | Path, *, image_size: int | None = None, num_classes:
     check_decode(decode)  # before the scan: a bad setting is an error before work starts
     if image_size is not None:
         check_side(image_size)
-    report = scan_folder(path, progress=progress, workers=workers)
+    keep = None
+    if cache != "stream":  # a tree that will be held in memory keeps the scan's decoding: each file is read once
+        from .folder_cache import keep_while_scanning
+
+        keep = keep_while_scanning(cache, decode)
+    report = scan_folder(path, progress=progress, workers=workers, keep=keep)
     return folder_from_report(report, image_size=image_size, num_classes=num_classes, skip_bad=skip_bad,
                               workers=workers, decode=decode, augment=augment, ra_reps=ra_reps, cache=cache)
 

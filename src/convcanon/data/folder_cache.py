@@ -15,7 +15,7 @@ randomness rules are the same.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import load_rgb
 from .memory import MEMORY_SHARE, InMemorySource, in_memory_source, memory_limit
+from .scan import held_pixels
 
 CACHE_MODES = ("auto", "memory", "stream")
 
@@ -52,19 +53,24 @@ def stored_size(path: str) -> tuple[int, int]:
 def plan_cache(source, cache: str) -> tuple[bool, str]:
     """Whether the folder ``source`` (a ``FolderSource``) is to be held in memory, and why; "memory" that cannot be is
     a ValueError naming ``--data-cache``."""
+    report = source.report
+    return memory_plan(report.train[0][0], len(report.train) + len(report.val), cache, source.decode)
+
+
+def memory_plan(first: str, n: int, cache: str, decode: str) -> tuple[bool, str]:
+    """``plan_cache``'s answer for ``n`` images the size of the file ``first`` (read from its header), with
+    ``--data-cache`` ``cache`` and ``--decode`` ``decode``."""
     if cache not in CACHE_MODES:
         raise ValueError(f"--data-cache must be one of {', '.join(CACHE_MODES)}; got {cache!r}")
     if cache == "stream":
         return False, "as asked (--data-cache stream)"
-    report = source.report
-    h, w = stored_size(report.train[0][0])
-    n = len(report.train) + len(report.val)
+    h, w = stored_size(first)
     nbytes = n * 3 * h * w
     limit = memory_limit()
     why_not = None
     if h != w:
         why_not = f"the first image is {h}x{w}, not square"
-    elif source.decode == "gpu":
+    elif decode == "gpu":
         why_not = "--decode gpu decodes on the device every epoch"
     elif limit is not None and nbytes > limit * MEMORY_SHARE:
         why_not = (f"{n:,} images of {h}x{w} need {nbytes / 1e9:.1f} GB, above {MEMORY_SHARE:.0%} of this machine's "
@@ -76,34 +82,71 @@ def plan_cache(source, cache: str) -> tuple[bool, str]:
     return False, why_not
 
 
+def keep_while_scanning(cache: str, decode: str) -> Callable[[list[str]], bool]:
+    """For ``scan_folder``'s ``keep``: whether the files it lists will be held in memory (then the scan's decoding
+    is kept, and no file is read twice). A first file whose header cannot be read says no: the scan names it."""
+
+    def keep(paths: list[str]) -> bool:
+        try:
+            return memory_plan(paths[0], len(paths), cache, decode)[0]
+        except (OSError, ValueError):
+            return False
+
+    return keep
+
+
 def decode_all(paths: Sequence[str], workers: int) -> Tensor:
     """Every file of ``paths`` decoded once by ``workers`` processes into one uint8 (N, 3, S, S) tensor; a ValueError
-    naming the first file whose size differs from the first file's."""
-    loader = DataLoader(_Decoded(paths), batch_size=256, num_workers=workers, collate_fn=_stack_if_equal)
-    out: list[Tensor] = []
-    for part in loader:
-        out.extend(part.unbind(0) if isinstance(part, Tensor) else part)
-    shape = out[0].shape
-    for path, img in zip(paths, out, strict=True):
+    naming the first file whose size differs from the first file's. Torch's global random state is left as it was
+    (a DataLoader draws its workers' seed from it): the model built next gets the run's seed's weights, decoded here
+    or not."""
+    with torch.random.fork_rng(devices=[]):
+        chunks = DataLoader(_Chunks(paths), batch_size=None, num_workers=workers)
+        images = [image for chunk in chunks for image in chunk]
+    return stack_images(paths, images)
+
+
+class _Chunks(Dataset):
+    """Files decoded 256 at a time, each chunk one (n, H, W, 3) tensor when its images share a size (one transfer
+    instead of one per image: most of the decoding's time for small images), else the list of them."""
+
+    SIZE = 256
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.SIZE)
+
+    def __getitem__(self, i: int) -> Tensor | list[Tensor]:
+        images = [np.asarray(load_rgb(p)) for p in self.paths[i * self.SIZE:(i + 1) * self.SIZE]]
+        if all(a.shape == images[0].shape for a in images):
+            return torch.from_numpy(np.stack(images))
+        return [torch.from_numpy(a.copy()) for a in images]
+
+
+def stack_images(paths: Sequence[str], images: Sequence[np.ndarray | Tensor]) -> Tensor:
+    """The (H, W, 3) uint8 ``images`` of ``paths`` as one (N, 3, H, W) tensor; a ValueError naming the first file
+    whose size differs from the first file's."""
+    shape = images[0].shape
+    for path, img in zip(paths, images, strict=True):
         if img.shape != shape:
-            raise ValueError(f"{path} is {img.shape[1]}x{img.shape[2]}, the first image {shape[1]}x{shape[2]}")
-    return torch.stack(out)
-
-
-def _stack_if_equal(images: list[Tensor]) -> Tensor | list[Tensor]:
-    """A worker's batch as one tensor when its images share a size (one shared-memory transfer instead of one per
-    image: most of the decoding's time for small images), else the list (the size check names the file)."""
-    return torch.stack(images) if all(i.shape == images[0].shape for i in images) else images
+            raise ValueError(f"{path} is {img.shape[0]}x{img.shape[1]}, the first image {shape[0]}x{shape[1]}")
+    return torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).contiguous()
 
 
 def in_memory_folder(source, cache: str, *, augment, ra_reps: int, image_size: int) -> InMemorySource | None:
     """``source`` decoded into memory when ``plan_cache`` says so (None: stream it); prints the choice."""
     hold, why = plan_cache(source, cache)
+    report = source.report
+    held = held_pixels(report)  # the scan's own decoding, when it kept it (keep_while_scanning)
     if hold:
-        report = source.report
+        paths = ([p for p, _ in report.train], [p for p, _ in report.val])
         try:
-            train = decode_all([p for p, _ in report.train], source.workers)
-            test = decode_all([p for p, _ in report.val], source.workers)
+            if held is not None:
+                train, test = stack_images(paths[0], held["train"]), stack_images(paths[1], held["val"])
+            else:
+                train, test = decode_all(paths[0], source.workers), decode_all(paths[1], source.workers)
         except ValueError as err:
             if cache == "memory":
                 raise ValueError(f"--data-cache memory needs images of one size: {err}") from None

@@ -13,6 +13,9 @@ reader) are bad entries with a reason. Then every file is decoded in full, as tr
 empty or non-image file is found now, with its path and reason, and not as a crash deep in an epoch. ``--skip-bad``
 leaves bad entries of every kind out while they are at most 1% of all; a file that goes bad after the scan is
 ``folder``'s to handle (``BadDataError``). Every name is printed through ``walk.shown`` (escaped).
+
+A tree that is to be held in memory (``folder_cache``) keeps the pixels its scan decoded (``keep``, then
+``held_pixels``), so that each file is read and decoded once.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .images import IMAGE_EXTENSIONS, load_rgb
@@ -35,6 +39,7 @@ MAX_BAD_FRACTION = 0.01  # --skip-bad still stops above this: so many bad files 
 _PARALLEL_MIN_FILES = 512  # below this, starting worker processes costs more than it saves
 _CACHE: dict[tuple[str, str], ScanReport] = {}
 _CACHE_SIZE = 4
+_HELD: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}  # pixels a scan kept, until held_pixels takes them
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class ScanReport:
     val: tuple[tuple[str, int], ...]
     bad: tuple[BadFile, ...]
     ignored: tuple[str, ...]
+    stamp: str = ""  # the listing's (``Tree.stamp``)
 
     @property
     def files(self) -> int:
@@ -135,6 +141,12 @@ def decode_checked(path: str) -> tuple[Image.Image | None, str | None]:
 def check_file(path: str) -> str | None:
     """Why ``path`` cannot be used as a training image, or None if it decodes in full."""
     return decode_checked(path)[1]
+
+
+def check_and_keep(path: str) -> tuple[str | None, np.ndarray | None]:
+    """``check_file``'s answer and, for a good file, its RGB pixels (H, W, 3 uint8)."""
+    img, why = decode_checked(path)
+    return why, None if img is None else np.asarray(img)
 
 
 def _some(names: Sequence[str], limit: int = 20) -> str:
@@ -275,34 +287,37 @@ def list_tree(root: Path) -> Tree:
     return tree
 
 
-def _decode_all(paths: list[str], progress: bool, workers: int) -> list[str | None]:
+def _decode_all(paths: list[str], progress: bool, workers: int, keep: bool = False) -> list:
     from tqdm import tqdm
 
+    check = check_and_keep if keep else check_file
     bar = tqdm(total=len(paths), desc="scan", unit="file", disable=not progress, leave=False)
     try:
         if workers > 1 and len(paths) >= _PARALLEL_MIN_FILES:
             with ProcessPoolExecutor(workers) as pool:
                 reasons = []
-                for reason in pool.map(check_file, paths, chunksize=64):
+                for reason in pool.map(check, paths, chunksize=64):
                     reasons.append(reason)
                     bar.update()
                 return reasons
         reasons = []
         for path in paths:
-            reasons.append(check_file(path))
+            reasons.append(check(path))
             bar.update()
         return reasons
     finally:
         bar.close()
 
 
-def scan_folder(path: str | Path, *, progress: bool = True, workers: int = 0, cache: bool = True) -> ScanReport:
+def scan_folder(path: str | Path, *, progress: bool = True, workers: int = 0, cache: bool = True,
+                keep: Callable[[list[str]], bool] | None = None) -> ScanReport:
     """List and decode every file of the ImageFolder tree at ``path``.
 
     Raises FileNotFoundError if ``path`` does not exist and ValueError for a structural problem (see the module
     docstring); bad entries do not raise here but are listed in the report (``ScanReport.check`` decides). With
     ``cache``, a tree whose files are unchanged (same paths, sizes and modification times) is not decoded twice in
-    one process.
+    one process. When ``keep`` says yes to the listed files (in scan order, train then val), the decoded pixels of the
+    good files are kept for :func:`held_pixels`.
     """
     root = Path(path).expanduser()
     tree = list_tree(root)
@@ -310,18 +325,33 @@ def scan_folder(path: str | Path, *, progress: bool = True, workers: int = 0, ca
     if cache and key in _CACHE:
         return _CACHE[key]
     ordered = [(split, p, label) for split in SPLITS for p, label in tree.files[split]]
-    reasons = _decode_all([p for _, p, _ in ordered], progress, workers)
+    paths = [p for _, p, _ in ordered]
+    kept = keep is not None and bool(paths) and keep(paths)
+    results = _decode_all(paths, progress, workers, keep=kept)
     good: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+    pixels: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     bad = list(tree.unlisted)
-    for (split, p, label), reason in zip(ordered, reasons, strict=True):
+    for (split, p, label), result in zip(ordered, results, strict=True):
+        reason, image = result if kept else (result, None)
         if reason is None:
             good[split].append((p, label))
+            if kept:
+                pixels[split].append(image)
         else:
             bad.append(BadFile(split, p, reason))
     report = ScanReport(str(root), tree.classes, tuple(good["train"]), tuple(good["val"]), tuple(bad),
-                        tuple(tree.ignored))
+                        tuple(tree.ignored), tree.stamp)
+    _HELD.pop(key, None)
+    if kept:
+        _HELD[key] = pixels
     if cache:
         while len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = report
     return report
+
+
+def held_pixels(report: ScanReport) -> dict[str, list[np.ndarray]] | None:
+    """The pixels ``report``'s scan kept (``keep``), per split in the report's order, handed over once; None when
+    it kept none (not asked, or the report came from the cache or from another process)."""
+    return _HELD.pop((os.path.realpath(report.root), report.stamp), None) if report.stamp else None
