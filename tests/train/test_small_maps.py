@@ -245,3 +245,69 @@ def test_engine_leaves_it_off_where_the_mode_would_cost_more_than_it_gains():
     assert asked.small_map_gemm
     on = resolve_engine(device="cpu", model=convcanon.create_model("resnet18"), amp="off", input_shape=(3, 32, 32))
     assert on.small_map_gemm and "7 convolutions see" in on.reasons["small_map_gemm"]
+
+
+# ---- the weight gradient as one matrix product on small output maps (gemm_weight_grad_conv2d)
+
+# (input N, C, H, W), (weight Co, Ci, kh, kw), stride, padding: ResNet-18's at 32 px whose weight gradient it takes.
+SMALL_OUTPUTS = [
+    ((4, 6, 4, 4), (5, 6, 3, 3), (1, 1), (1, 1)),  # stage 2's 3x3 convolutions on 4x4 maps
+    ((4, 6, 8, 8), (5, 6, 3, 3), (2, 2), (1, 1)),  # stage 2's first, 8x8 -> 4x4
+    ((4, 6, 4, 4), (5, 6, 1, 1), (2, 2), (0, 0)),  # the 1x1 strided shortcut, 4x4 -> 2x2
+    ((4, 6, 2, 2), (5, 6, 1, 1), (2, 2), (0, 0)),  # ... 2x2 -> 1x1
+    ((3, 4, 3, 5), (5, 4, 2, 3), (1, 2), (1, 0)),  # rectangular map, kernel and stride
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("xs, ws, stride, padding", SMALL_OUTPUTS)
+def test_the_weight_gradient_by_matrix_product_equals_the_convolutions_in_float64(xs, ws, stride, padding, bias,
+                                                                                    channels_last, monkeypatch):
+    # The size rule is a speed rule (bf16, fp32); the arithmetic is checked in float64, where another summation order
+    # over at most 54 * 16 terms of size ~1 stays far below 1e-12, and a wrong patch or layout is off by order 1.
+    monkeypatch.setitem(small_maps.MAX_GEMM_GRAD_OUTPUTS, torch.float64, 16)
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(xs, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(ws, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(ws[0], dtype=torch.float64, generator=g).requires_grad_() if bias else None
+    inputs = [x, w] + ([b] if bias else [])
+    want = F.conv2d(x, w, b, stride, padding)
+    got = small_maps.gemm_weight_grad_conv2d(x, w, b, stride, padding)
+    assert got is not None and got.grad_fn is not None and "GemmWeightGrad" in type(got.grad_fn).__name__
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # the forward pass is the convolution itself
+    upstream = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    grads = torch.autograd.grad(got, inputs, upstream)
+    for mine, theirs in zip(grads, torch.autograd.grad(want, inputs, upstream), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-12)
+        assert mine.shape == theirs.shape
+    assert grads[1].is_contiguous(memory_format=fmt)
+
+
+def test_the_weight_gradient_by_matrix_product_in_bf16_and_where_it_applies():
+    # Under bf16 autocast it computes in bf16, as the convolution does; 2% of the largest value bounds a few bf16
+    # roundings (8-bit mantissa) of sums of 9 * 64 * 128 products of size ~1 (see the covering bf16 test).
+    x = torch.randn(32, 64, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(128, 64, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.conv2d(x, w, None, 1, 1)
+        with SmallMapConvolutions():
+            got = F.conv2d(x, w, None, 1, 1)
+    assert got.dtype == want.dtype == torch.bfloat16 and "GemmWeightGrad" in type(got.grad_fn).__name__
+    gx, gw = torch.autograd.grad(got.float().sum(), [x, w])
+    ex, ew = torch.autograd.grad(want.float().sum(), [x, w])
+    assert gw.dtype == torch.float32 and gw.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gw / ew.abs().max(), ew / ew.abs().max(), rtol=0, atol=2e-2)
+    torch.testing.assert_close(gx / ex.abs().max(), ex / ex.abs().max(), rtol=0, atol=2e-2)
+    # Where it does not apply, the convolution runs: 8x8 outputs in bf16, 4x4 in fp32 (the measured rule), no
+    # gradient wanted, a frozen weight, groups, dilation.
+    take = small_maps.gemm_weight_grad_conv2d
+    big = torch.randn(2, 64, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert take(big, w, None, 1, 1) is None and take(big, w, None, 2, 1) is not None
+    assert take(x, w, None, 1, 1) is None and take(x, w, None, 2, 1) is not None  # fp32: 4x4 out no, 2x2 yes
+    with torch.no_grad():
+        assert take(x, w, None, 2, 1) is None
+    assert take(x, w.detach(), None, 2, 1) is None
+    assert take(x, w, None, 2, 1, 2) is None and take(x, torch.randn(128, 32, 3, 3), None, 2, 1, 1, 2) is None

@@ -13,10 +13,17 @@ faster, forward and backward together, on the CPUs measured, which makes ResNet-
 about 1.5-1.6x faster (``python benchmarks/small_maps.py``; BENCHMARKS.md).
 
 The result is the convolution's to rounding (another summation order; in float64 they agree to 1e-12), and the weight
-gradient of the taps that only ever meet padding is exactly zero, as in the convolution. Every other convolution, and
-every other operation, runs as before: :class:`SmallMapConvolutions` is a torch function mode that the engine enters
-around forward passes on CPU (``--no-small-map-gemm`` turns it off), and it only takes the convolutions that
-:func:`covering_plan` accepts.
+gradient of the taps that only ever meet padding is exactly zero, as in the convolution.
+
+oneDNN's weight gradient is slow on small output maps too, where the map does not cover (stride-2 shortcuts, 3x3
+convolutions on 4x4 maps): on those, :func:`gemm_weight_grad_conv2d` keeps the convolution's forward pass and input
+gradient and computes the weight gradient as one product of the output gradient with the input's patches, when the
+output map has at most ``MAX_GEMM_GRAD_OUTPUTS`` positions for the dtype computed in (ResNet-18's step at 32 px in
+bf16: 1.24x faster again).
+
+Every other convolution, and every other operation, runs as before: :class:`SmallMapConvolutions` is a torch function
+mode that the engine enters around forward passes on CPU (``--no-small-map-gemm`` turns it off), and it only takes the
+convolutions those two accept.
 """
 
 from __future__ import annotations
@@ -81,12 +88,16 @@ class _WholeMapConv(torch.autograd.Function):
         n, ci, h, w = x.shape
         co, _, kh, kw = weight.shape
         outs, ins = plan.out_h * plan.out_w, h * w
+        # The taps in use, then cast to the input's dtype (autocast's): on a 1x1 map one tap in nine, so the weight's
+        # other taps are never copied, and its gradient is made in the weight's own dtype below.
         taps = weight.permute(0, 2, 3, 1).reshape(co, kh * kw, ci).index_select(1, plan.used)  # [co, used, ci]
+        taps = taps.to(x.dtype)
         pairs = taps if plan.unique else taps.index_select(1, plan.pos)  # [co, outs * ins, ci]
         dense = pairs.reshape(co, outs, ins, ci).transpose(0, 1).reshape(outs * co, ins * ci)
         flat = x.permute(0, 2, 3, 1).reshape(n, ins * ci)
         ctx.save_for_backward(flat, dense)
         ctx.plan, ctx.x_shape, ctx.w_shape, ctx.has_bias = plan, x.shape, weight.shape, bias is not None
+        ctx.w_dtype = weight.dtype
         ctx.x_format, ctx.w_format = _format_of(x), _format_of(weight)
         # The output is a tensor of its own, not a view of the product's (a later in-place ReLU modifies it).
         y = torch.empty((n, co, plan.out_h, plan.out_w), dtype=x.dtype, memory_format=torch.channels_last)
@@ -112,7 +123,8 @@ class _WholeMapConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gpairs = (g.t() @ flat).reshape(outs, co, ins, ci).transpose(0, 1).reshape(co, outs * ins, ci)
             gtaps = gpairs if plan.unique else gpairs.new_zeros(co, len(plan.used), ci).index_add_(1, plan.pos, gpairs)
-            gw = gpairs.new_zeros(co, kh * kw, ci).index_copy_(1, plan.used, gtaps)
+            gtaps = gtaps.to(ctx.w_dtype)
+            gw = gtaps.new_zeros(co, kh * kw, ci).index_copy_(1, plan.used, gtaps)
             gw = gw.reshape(co, kh, kw, ci).permute(0, 3, 1, 2).contiguous(memory_format=ctx.w_format)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.reshape(n * outs, co).sum(0)
@@ -146,22 +158,95 @@ def whole_map_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
     plan = _plan_for(x, weight, bias, stride, padding, dilation, groups)
     if plan is None or x.device.type != "cpu":
         return None
-    if torch.is_autocast_enabled("cpu"):  # conv2d computes in the autocast dtype: so does its replacement
-        dtype = torch.get_autocast_dtype("cpu")
-        x, weight = x.to(dtype), weight.to(dtype)
+    if not torch.is_autocast_enabled("cpu") and x.dtype != weight.dtype:
+        return None  # the convolution's own error says what is wrong
+    if torch.is_autocast_enabled("cpu"):  # conv2d computes in the autocast dtype: so does its replacement (the
+        dtype = torch.get_autocast_dtype("cpu")  # weight's taps are cast inside, once selected)
+        x = x.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     with torch.autocast("cpu", enabled=False):
         return _WholeMapConv.apply(x, weight, bias, plan)
 
 
+# The weight gradient of a convolution with at most this many output positions per map runs as one matrix product
+# (``gemm_weight_grad_conv2d``), by the dtype it computes in: measured on 2 cores of a Xeon with AMX (oneDNN's
+# weight gradient against the patches' product: bf16 2-56x faster up to 4x4 outputs, 0.6x on 8x8; fp32 2-8x up to
+# 2x2 outputs, 0.8-1.1x on 4x4). docs/training.md has the table.
+MAX_GEMM_GRAD_OUTPUTS = {torch.bfloat16: 16, torch.float32: 4}
+
+
+class _GemmWeightGradConv(torch.autograd.Function):
+    """``conv2d(x, weight, bias, stride, padding)``: forward and input gradient are the convolution's own (oneDNN),
+    the weight gradient one matrix product of the output gradient with the input's patches."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int],
+                padding: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        ctx.w_format = _format_of(weight)
+        return torch.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        (sh, sw), (ph, pw) = ctx.stride, ctx.padding
+        n, ci = x.shape[:2]
+        co, _, kh, kw = weight.shape
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.aten.convolution_backward(grad, x, weight, None, list(ctx.stride), list(ctx.padding),
+                                                     [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            padded = nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            patches = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # [n, ci, oh, ow, kh, kw]
+            cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(-1, kh * kw * ci)  # channels inner, as channels-last
+            rows = grad.permute(0, 2, 3, 1).reshape(-1, co)
+            gw = (rows.t() @ cols).reshape(co, kh, kw, ci).permute(0, 3, 1, 2).contiguous(memory_format=ctx.w_format)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+def gemm_weight_grad_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
+                            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor | None:
+    """``torch.conv2d``'s result, its weight gradient computed as one matrix product, when the weight is being
+    trained on CPU and the output map is small (``MAX_GEMM_GRAD_OUTPUTS``; no groups or dilation, zero padding given
+    as numbers), else None. oneDNN's weight gradient is slow on small maps, most of all in bf16 and at stride 2 (a
+    ResNet's 1x1 shortcut: 4.9 ms where the product takes 0.1)."""
+    if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and x.dim() == 4 and weight.dim() == 4):
+        return None
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if (groups != 1 or s is None or p is None or d != (1, 1) or weight.shape[1] != x.shape[1]
+            or x.device.type != "cpu" or not (torch.is_grad_enabled() and weight.requires_grad)):
+        return None
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+    if not autocast and weight.dtype != dtype:
+        return None  # the convolution's own error says what is wrong
+    out_h = (x.shape[2] + 2 * p[0] - weight.shape[2]) // s[0] + 1
+    out_w = (x.shape[3] + 2 * p[1] - weight.shape[3]) // s[1] + 1
+    if out_h < 1 or out_w < 1 or out_h * out_w > MAX_GEMM_GRAD_OUTPUTS.get(dtype, 0):
+        return None
+    if autocast:
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast("cpu", enabled=False):
+        return _GemmWeightGradConv.apply(x, weight, bias, s, p)
+
+
 class SmallMapConvolutions(TorchFunctionMode):
     """While entered, ``torch.conv2d`` (``nn.Conv2d``, ``F.conv2d``) on a map it covers runs as one matrix product
-    (:func:`whole_map_conv2d`); every other call runs unchanged."""
+    (:func:`whole_map_conv2d`), and one with a small output map computes its weight gradient as one
+    (:func:`gemm_weight_grad_conv2d`); every other call runs unchanged."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is torch.conv2d:
             out = whole_map_conv2d(*args, **kwargs)
+            if out is None:
+                out = gemm_weight_grad_conv2d(*args, **kwargs)
             if out is not None:
                 return out
         return func(*args, **kwargs)
@@ -242,5 +327,6 @@ def resolve_small_map_gemm(asked: bool | None, gpu: bool, compiled: bool, checkp
     return True, f"auto: on {side} inputs, {many} their whole input map: one matrix product each"
 
 
-__all__ = ["GPU_REFUSAL", "MAX_EXPANSION", "MIN_COVERING_WEIGHTS", "Covering", "Plan", "SmallMapConvolutions",
-           "covering_convolutions", "covering_plan", "resolve_small_map_gemm", "whole_map_conv2d"]
+__all__ = ["GPU_REFUSAL", "MAX_EXPANSION", "MAX_GEMM_GRAD_OUTPUTS", "MIN_COVERING_WEIGHTS", "Covering", "Plan",
+           "SmallMapConvolutions", "covering_convolutions", "covering_plan", "gemm_weight_grad_conv2d",
+           "resolve_small_map_gemm", "whole_map_conv2d"]
