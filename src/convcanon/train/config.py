@@ -335,8 +335,9 @@ _FLAG_HELP = {
                        "auto = 0.1 for the embedded digits (the main job's recipe), 0 elsewhere, as in the papers",
     "channels_last": "NHWC memory format; auto = on, except for models with local response norm",
     "small_map_gemm": "on CPU, run each convolution whose every output sees its whole input map (late layers at small "
-                      "inputs, e.g. ResNet-18's 2x2 and 1x1 maps at 32 px) as one matrix product; auto = on on CPU "
-                      "unless compiling",
+                      "inputs, e.g. ResNet-18's 2x2 and 1x1 maps at 32 px) as one matrix product, and the weight "
+                      "gradient of small output maps as one; auto = on on CPU when those convolutions hold >= 1M "
+                      "weights, unless compiling",
     "compile": "torch.compile the model; auto = on CUDA (capability >= 7.0), off on CPU where it does not pay",
     "deterministic": "deterministic kernels (turns cuDNN autotuning off)",
     "device": "auto | cpu | cuda | cuda:N (auto: CUDA when there is one)",

@@ -191,22 +191,29 @@ class _GemmWeightGradConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        (sh, sw), (ph, pw) = ctx.stride, ctx.padding
-        n, ci = x.shape[:2]
-        co, _, kh, kw = weight.shape
+        kh, kw = weight.shape[2:]
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = torch.ops.aten.convolution_backward(grad, x, weight, None, list(ctx.stride), list(ctx.padding),
                                                      [1, 1], False, [0, 0], 1, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            padded = nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-            patches = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # [n, ci, oh, ow, kh, kw]
-            cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(-1, kh * kw * ci)  # channels inner, as channels-last
-            rows = grad.permute(0, 2, 3, 1).reshape(-1, co)
-            gw = (rows.t() @ cols).reshape(co, kh, kw, ci).permute(0, 3, 1, 2).contiguous(memory_format=ctx.w_format)
+            gw = patches_weight_grad(grad, x, (kh, kw), ctx.stride, ctx.padding).contiguous(memory_format=ctx.w_format)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None
+
+
+def patches_weight_grad(grad: Tensor, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                        padding: tuple[int, int]) -> Tensor:
+    """A convolution's weight gradient (Co, Ci, kh, kw; channels-last strides) from its output gradient ``grad`` and
+    input ``x``: one product of the gradient (positions x Co) with the input's patches (positions x kh * kw * Ci)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ci, co = x.shape[1], grad.shape[1]
+    padded = nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    patches = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # [n, ci, oh, ow, kh, kw]
+    cols = patches.permute(0, 2, 3, 4, 5, 1).reshape(-1, kh * kw * ci)  # channels inner, as channels-last
+    rows = grad.permute(0, 2, 3, 1).reshape(-1, co)
+    return (rows.t() @ cols).reshape(co, kh, kw, ci).permute(0, 3, 1, 2)
 
 
 def gemm_weight_grad_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1,
@@ -329,4 +336,4 @@ def resolve_small_map_gemm(asked: bool | None, gpu: bool, compiled: bool, checkp
 
 __all__ = ["GPU_REFUSAL", "MAX_EXPANSION", "MAX_GEMM_GRAD_OUTPUTS", "MIN_COVERING_WEIGHTS", "Covering", "Plan",
            "SmallMapConvolutions", "covering_convolutions", "covering_plan", "gemm_weight_grad_conv2d",
-           "resolve_small_map_gemm", "whole_map_conv2d"]
+           "patches_weight_grad", "resolve_small_map_gemm", "whole_map_conv2d"]
