@@ -341,7 +341,7 @@ def scan_folder(path: str | Path, *, progress: bool = True, workers: int = 0, ca
             bad.append(BadFile(split, p, reason))
     report = ScanReport(str(root), tree.classes, tuple(good["train"]), tuple(good["val"]), tuple(bad),
                         tuple(tree.ignored), tree.stamp)
-    _HELD.pop(key, None)
+    _HELD.clear()  # only the latest scan's: pixels a failed open never took are not kept for the process's life
     if kept:
         _HELD[key] = pixels
     if cache:
