@@ -162,12 +162,20 @@ def test_a_tree_whose_sizes_differ_after_the_first_streams_from_the_kept_scan(tm
     assert "streamed" in err and "sizes differ" in err and "1.png is 12x10, the first image 12x12" in err
 
 
-def test_a_tree_of_mixed_sizes_streams_or_is_refused(tmp_path, capsys):
+def test_a_tree_of_mixed_sizes_streams_or_is_refused(tmp_path, capsys, monkeypatch):
+    import convcanon.data.scan
+
     root = make_tree(tmp_path / "pets")  # 20x14 images, not square
     assert isinstance(open_tree(root, cache="auto"), FolderSource)
     assert "streamed" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--data-cache memory"):
-        open_tree(root, cache="memory")
+
+    def decoded(*_args, **_kwargs):
+        raise AssertionError("decoded a tree --data-cache memory refuses")
+
+    monkeypatch.setattr(convcanon.data.scan, "_decode_all", decoded)
+    convcanon.data.scan._CACHE.clear()
+    with pytest.raises(ValueError, match="--data-cache memory: the first image is 14x20, not square"):
+        open_tree(root, cache="memory")  # from the first file's header, before any file is decoded
 
 
 def test_scan_stats_are_the_training_images_mean_and_std(tmp_path, capsys):

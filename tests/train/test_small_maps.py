@@ -70,17 +70,23 @@ def test_unsupported_arguments_are_left_to_the_convolution():
     assert whole_map_conv2d(x[0], w, None, 1, 1) is None  # an unbatched input
 
 
+def _float64_inputs(xs, ws, bias, channels_last):
+    """A generator, the memory format, and float64 input, weight and bias (or None) needing gradients."""
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(xs, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(ws, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(ws[0], dtype=torch.float64, generator=g).requires_grad_() if bias else None
+    return g, fmt, x, w, b
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("xs, ws, stride, padding", COVERING)
 def test_equals_the_convolution_in_float64(xs, ws, stride, padding, bias, channels_last):
     # The same products summed in another order: float64 rounding (1e-16 relative) over at most 54 terms of size ~1
     # bounds the difference far below 1e-12; a wrong tap, layout or sum would be off by order 1.
-    g = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(xs, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
-    w = torch.randn(ws, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
-    b = torch.randn(ws[0], dtype=torch.float64, generator=g).requires_grad_() if bias else None
+    g, fmt, x, w, b = _float64_inputs(xs, ws, bias, channels_last)
     inputs = [x, w] + ([b] if bias else [])
     want = F.conv2d(x, w, b, stride, padding)
     got = whole_map_conv2d(x, w, b, stride, padding)
@@ -267,11 +273,7 @@ def test_the_weight_gradient_by_matrix_product_equals_the_convolutions_in_float6
     # The size rule is a speed rule (bf16, fp32); the arithmetic is checked in float64, where another summation order
     # over at most 54 * 16 terms of size ~1 stays far below 1e-12, and a wrong patch or layout is off by order 1.
     monkeypatch.setitem(small_maps.MAX_GEMM_GRAD_OUTPUTS, torch.float64, 16)
-    g = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(xs, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
-    w = torch.randn(ws, dtype=torch.float64, generator=g).contiguous(memory_format=fmt).requires_grad_()
-    b = torch.randn(ws[0], dtype=torch.float64, generator=g).requires_grad_() if bias else None
+    g, fmt, x, w, b = _float64_inputs(xs, ws, bias, channels_last)
     inputs = [x, w] + ([b] if bias else [])
     want = F.conv2d(x, w, b, stride, padding)
     got = small_maps.gemm_weight_grad_conv2d(x, w, b, stride, padding)

@@ -84,12 +84,13 @@ def memory_plan(first: str, n: int, cache: str, decode: str) -> tuple[bool, str]
 
 def keep_while_scanning(cache: str, decode: str) -> Callable[[list[str]], bool]:
     """For ``scan_folder``'s ``keep``: whether the files it lists will be held in memory (then the scan's decoding
-    is kept, and no file is read twice). A first file whose header cannot be read says no: the scan names it."""
+    is kept, and no file is read twice). A first file whose header cannot be read says no (the scan names it); a tree
+    that ``--data-cache memory`` cannot hold is refused here, before any file is decoded."""
 
     def keep(paths: list[str]) -> bool:
         try:
             return memory_plan(paths[0], len(paths), cache, decode)[0]
-        except (OSError, ValueError):
+        except OSError:
             return False
 
     return keep

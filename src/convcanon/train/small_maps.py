@@ -139,16 +139,34 @@ def _pair(v: Any) -> tuple[int, int] | None:
     return None  # a string padding ("same", "valid") or anything else: left to the convolution
 
 
-def _plan_for(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
-              groups: int = 1) -> Plan | None:
-    """The plan for ``torch.conv2d``'s arguments when it covers its input map (no groups or dilation, zero padding
-    given as numbers, a batch of 2-D maps), else None."""
+def _plain_conv(x: Any, weight: Any, stride: Any, padding: Any, dilation: Any,
+                groups: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(stride, padding) of a ``torch.conv2d`` call either path can take (a batch of 2-D maps, no groups or dilation,
+    zero padding given as numbers), else None: the call is left to the convolution."""
     if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and x.dim() == 4 and weight.dim() == 4):
         return None
     s, p, d = _pair(stride), _pair(padding), _pair(dilation)
     if groups != 1 or s is None or p is None or d != (1, 1) or weight.shape[1] != x.shape[1]:
         return None
-    return covering_plan(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], s[0], s[1], p[0], p[1])
+    return s, p
+
+
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype | None:
+    """The dtype a CPU convolution of ``x`` and ``weight`` computes in: autocast's when it is on, else theirs (None
+    when they differ: the convolution's own error says what is wrong)."""
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype if x.dtype == weight.dtype else None
+
+
+def _plan_for(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+              groups: int = 1) -> Plan | None:
+    """The plan for ``torch.conv2d``'s arguments when it covers its input map (``_plain_conv``), else None."""
+    args = _plain_conv(x, weight, stride, padding, dilation, groups)
+    if args is None:
+        return None
+    (sh, sw), (ph, pw) = args
+    return covering_plan(x.shape[2], x.shape[3], weight.shape[2], weight.shape[3], sh, sw, ph, pw)
 
 
 def whole_map_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
@@ -158,12 +176,11 @@ def whole_map_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
     plan = _plan_for(x, weight, bias, stride, padding, dilation, groups)
     if plan is None or x.device.type != "cpu":
         return None
-    if not torch.is_autocast_enabled("cpu") and x.dtype != weight.dtype:
-        return None  # the convolution's own error says what is wrong
-    if torch.is_autocast_enabled("cpu"):  # conv2d computes in the autocast dtype: so does its replacement (the
-        dtype = torch.get_autocast_dtype("cpu")  # weight's taps are cast inside, once selected)
-        x = x.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+    dtype = _compute_dtype(x, weight)
+    if dtype is None:
+        return None
+    # conv2d computes in the autocast dtype: so does its replacement (the weight's taps are cast inside, once selected)
+    x, bias = x.to(dtype), bias.to(dtype) if bias is not None else None
     with torch.autocast("cpu", enabled=False):
         return _WholeMapConv.apply(x, weight, bias, plan)
 
@@ -222,23 +239,19 @@ def gemm_weight_grad_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = Non
     trained on CPU and the output map is small (``MAX_GEMM_GRAD_OUTPUTS``; no groups or dilation, zero padding given
     as numbers), else None. oneDNN's weight gradient is slow on small maps, most of all in bf16 and at stride 2 (a
     ResNet's 1x1 shortcut: 4.9 ms where the product takes 0.1)."""
-    if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and x.dim() == 4 and weight.dim() == 4):
+    args = _plain_conv(x, weight, stride, padding, dilation, groups)
+    if args is None or x.device.type != "cpu" or not (torch.is_grad_enabled() and weight.requires_grad):
         return None
-    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
-    if (groups != 1 or s is None or p is None or d != (1, 1) or weight.shape[1] != x.shape[1]
-            or x.device.type != "cpu" or not (torch.is_grad_enabled() and weight.requires_grad)):
+    dtype = _compute_dtype(x, weight)
+    if dtype is None:
         return None
-    autocast = torch.is_autocast_enabled("cpu")
-    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-    if not autocast and weight.dtype != dtype:
-        return None  # the convolution's own error says what is wrong
+    s, p = args
     out_h = (x.shape[2] + 2 * p[0] - weight.shape[2]) // s[0] + 1
     out_w = (x.shape[3] + 2 * p[1] - weight.shape[3]) // s[1] + 1
     if out_h < 1 or out_w < 1 or out_h * out_w > MAX_GEMM_GRAD_OUTPUTS.get(dtype, 0):
         return None
-    if autocast:
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+    x, weight = x.to(dtype), weight.to(dtype)
+    bias = bias.to(dtype) if bias is not None else None
     with torch.autocast("cpu", enabled=False):
         return _GemmWeightGradConv.apply(x, weight, bias, s, p)
 
