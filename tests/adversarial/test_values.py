@@ -59,6 +59,9 @@ def test_the_memory_check_compares_the_estimators_plan_with_the_device():
     check_fits("resnet20", {}, micro_batch=128, memory_gib=1.0, **kw)  # ResNet-20 at 32 px: a few MB per image
     with pytest.raises(ValueError, match=r"needs about .* this cpu device has 0\.0 GiB"):
         check_fits("resnet20", {}, micro_batch=128, memory_gib=0.001, **kw)
+    # A run that keeps a weight average (--model-ema) holds its fp32 copy too, and the message counts it.
+    with pytest.raises(ValueError, match=r"optimizer 0\.00 \+ weight average 0\.00 \+ activations"):
+        check_fits("resnet20", {}, micro_batch=128, memory_gib=0.001, model_ema=True, **kw)
 
 
 def test_a_pointless_image_size_trains_with_a_warning(tmp_path, capsys):

@@ -12,7 +12,7 @@ _EPILOG = """examples:
   convcanon estimate --model resnet50 --device p100 --devices 1,8,32,256 --batch-size 128     a scaling table
   convcanon estimate --model alexnet --device gtx580 --devices 2 --parallel towers --batch-size 128   the 2012 run
   convcanon estimate --model vgg16 --device p100-pcie --devices 512 --network-gbit 25    Horovod's cluster
-  convcanon estimate --model resnet20 --data digits --epochs 30 --measure      time this machine: the main job
+  convcanon estimate --model resnet20 --data digits --measure      time this machine: the main job (train's defaults)
   convcanon estimate --model resnet50 --images 250000 --device h100 --devices 16 --nodes 2 --global-batch 4096
   convcanon estimate --canon                      the canon's cost for 90 ImageNet epochs on each GPU generation
   convcanon estimate --validate                   predictions for the published runs vs their figures
@@ -29,7 +29,7 @@ calibrated which constant: `--validate`, and the docstring of convcanon.estimate
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..train.config import add_shared_flags
+    from ..train.config import TrainConfig, add_shared_flags
 
     p = subparsers.add_parser(
         "estimate", help="predict wall-clock, images/s, scaling and memory of a training run",
@@ -39,11 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     add_shared_flags(p, ("model", "model_options", "data", "image_size", "batch_size", "amp", "device",
-                         "channels_last", "compile", "optimizer"), _overrides())
+                         "channels_last", "compile", "optimizer", "model_ema", "model_ema_steps"), _overrides())
     p.add_argument("--images", type=int, help="training-set size of your own data (ImageNet-style files)")
     p.add_argument("--val-images", type=int, help="images evaluated after each epoch (default: the data set's)")
-    p.add_argument("--epochs", type=float, default=90.0, help="epochs, fractions allowed (default 90, ImageNet's "
-                   "recipe; train's is 30)")
+    p.add_argument("--epochs", type=float, help=f"epochs, fractions allowed (default: 90, ImageNet's recipe; with "
+                   f"--measure, train's {TrainConfig.epochs})")
     p.add_argument("--devices", default="1", help="device count, or a comma list for a scaling table (e.g. 1,8,64)")
     p.add_argument("--nodes", type=int, help="machines (default: devices / the device's usual devices per node)")
     p.add_argument("--global-batch", type=int, help="images per optimizer step over all devices, instead of "
@@ -86,6 +86,7 @@ def _overrides() -> dict:
         "channels_last": FlagOverride(note=measure_only),
         "compile": FlagOverride(note=measure_only),
         "optimizer": FlagOverride(note="estimate: sets the optimizer's state in memory and its pass over the weights"),
+        "model_ema": FlagOverride(note="estimate: counts the average's update, copy and evaluation"),
     }
 
 
@@ -121,14 +122,18 @@ def _rows(e) -> list[dict[str, object]]:
         ("batch", f"{e.global_batch:,} global, {e.per_device_batch:,} per device"),
         ("throughput", f"{e.images_per_s:,.1f} images/s, {e.achieved_tflops:.3g} TFLOP/s per device{util}"),
         ("step", f"{e.step_s * 1e3:,.1f} ms: compute {e.compute_s * 1e3:,.1f} ms + exposed communication "
-                 f"{e.exposed_comm_s * 1e3:,.1f} ms (of {e.allreduce_s * 1e3:,.1f} ms)"),
+                 f"{e.exposed_comm_s * 1e3:,.1f} ms (of {e.allreduce_s * 1e3:,.1f} ms)"
+                 + (f" + weight average {e.ema_s * 1e3:,.2f} ms" if e.model_ema else "")),
         ("scaling efficiency", f"{e.scaling_efficiency:.1%} of {e.devices} x one device"),
-        ("epoch", f"{_duration(e.epoch_s)} (evaluation {_duration(e.eval_s)}, overhead {_duration(e.overhead_s)})"),
+        ("epoch", f"{_duration(e.epoch_s)} (evaluation {_duration(e.eval_s)}"
+                  f"{' of the model and its weight average' if e.model_ema else ''}, overhead "
+                  f"{_duration(e.overhead_s)})"),
         *([("start-up", f"{_duration(e.startup_s)} once (warm-up: compilation, first allocations)")]
           if e.startup_s else []),
         ("total", _duration(e.total_s)),
         ("memory per device", f"weights {m.weights_gib:.2f} + gradients {m.gradients_gib:.2f} + optimizer "
-                              f"{m.optimizer_gib:.2f} + activations {m.activations_gib:.2f} + reserved "
+                              f"{m.optimizer_gib:.2f}{f' + weight average {m.ema_gib:.2f}' if e.model_ema else ''} "
+                              f"+ activations {m.activations_gib:.2f} + reserved "
                               f"{m.reserved_gib:.2f} = {m.total_gib:.2f} GiB of {m.device_gib:.1f}"),
         ("verdict", m.verdict),
     ]  # fmt: skip
@@ -152,6 +157,7 @@ def _measured(args: argparse.Namespace, counts: list[int], data: str | None, opt
 
     from .. import estimate as est
     from ..estimate.inputs import DEFAULT_BATCH_PER_DEVICE
+    from ..train.ema import ema_choice
 
     local = args.device or "auto"
     if local.partition(":")[0] not in ("auto", "cpu", "cuda"):
@@ -167,13 +173,14 @@ def _measured(args: argparse.Namespace, counts: list[int], data: str | None, opt
         image_size=plan.image_size, num_classes=plan.num_classes, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, optimizer=args.optimizer, seconds=args.measure_seconds, device=local,
         model_options={**options, "in_chans": plan.in_chans}, say=lambda line: print(line, file=sys.stderr),
+        model_ema=ema_choice(args.model_ema, data)[0],
     )  # fmt: skip
     return est.estimate(args.model, measured=measured, **common)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import estimate as est
-    from ..train.config import parse_model_options
+    from ..train.config import TrainConfig, parse_model_options
 
     if args.catalog:
         emit([d.as_row() for d in est.DEVICES.values()],
@@ -188,10 +195,11 @@ def run(args: argparse.Namespace) -> int:
                                   ("within", "within"), ("claim", "claim")], args.json)  # fmt: skip
         return 0
     counts = _device_counts(args.devices)
+    epochs = args.epochs if args.epochs is not None else TrainConfig.epochs if args.measure else 90.0
     if args.canon:
         if len(counts) != 1:
             raise ValueError("--canon takes one --devices count")
-        rows = est.canon_cost_table(epochs=args.epochs, count=counts[0])
+        rows = est.canon_cost_table(epochs=epochs, count=counts[0])
         emit(rows, [("model", "model"), ("device", "device"), ("precision", "precision"),
                     ("images_per_s", "images/s"), ("hours", "hours"), ("days", "days"), ("fits", "fits"),
                     ("accumulation_steps", "accum"), ("memory_gib", "GiB/device")], args.json)  # fmt: skip
@@ -205,10 +213,11 @@ def run(args: argparse.Namespace) -> int:
         est.get_dataset(data)
     options = parse_model_options(args.model_options or [])
     common = dict(
-        data=data, images=args.images, val_images=args.val_images, epochs=args.epochs, nodes=args.nodes,
+        data=data, images=args.images, val_images=args.val_images, epochs=epochs, nodes=args.nodes,
         precision=args.amp, batch_size=args.batch_size, global_batch=args.global_batch, optimizer=args.optimizer,
         parallel=args.parallel, image_size=args.image_size, network_gbit=args.network_gbit, link_gbs=args.link_gbs,
-        epoch_overhead_s=args.epoch_overhead, model_options=options,
+        epoch_overhead_s=args.epoch_overhead, model_options=options, model_ema=args.model_ema,
+        model_ema_steps=args.model_ema_steps,
     )  # fmt: skip
     if args.measure:
         results = [_measured(args, counts, data, options, common)]

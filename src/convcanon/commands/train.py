@@ -54,6 +54,7 @@ def check_memory(cfg, data) -> None:
         return
     from ..estimate.fits import check_fits
     from ..train.distributed import resolve_device
+    from ..train.ema import resolve_model_ema
     from ..train.engine import resolve_amp
 
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -62,7 +63,7 @@ def check_memory(cfg, data) -> None:
                image_size=data.image_size, micro_batch=cfg.batch_size, precision="fp32" if amp == "off" else amp,
                optimizer=cfg.optimizer, device=device,
                size_flag="the side S of --data synthetic:C:S:K" if cfg.data.startswith("synthetic:") and
-               cfg.image_size is None else "--image-size")
+               cfg.image_size is None else "--image-size", model_ema=resolve_model_ema(cfg)[0])
 
 
 def run(args: argparse.Namespace) -> int:

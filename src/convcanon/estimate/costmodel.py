@@ -11,7 +11,9 @@ than the host's time to launch its operations. Data parallelism adds a ring all-
 ``2 (D-1)/D * bytes / bandwidth`` over the slowest link of the ring plus ``2 (D-1)`` hop latencies, of which at most
 OVERLAP_FRACTION hides behind the backward pass. The paper's two-GPU AlexNet ("towers") halves each device's work and
 adds the activation exchange at the layers that read both towers, on the critical path. An epoch adds the evaluation
-pass and a fixed recipe overhead (validation loader, checkpoint). A run measured on this machine (``--measure``,
+pass and a fixed recipe overhead (validation loader, checkpoint). A run that keeps a weight average (``--model-ema``)
+adds its update (EMA_WORDS_PER_PARAM words of memory traffic per parameter, every ``--model-ema-steps`` steps), its
+fp32 copy in memory and a second evaluation pass per epoch. A run measured on this machine (``--measure``,
 :mod:`.measure`) is ``convcanon train``'s own: its step, evaluation pass and checkpoint write are timed rather than
 modelled, its epochs drop the last incomplete batch as train's do, and its warm-up (compilation, first allocations)
 is paid once.
@@ -84,6 +86,10 @@ PRECISION_BYTES: dict[str, int] = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 # g, m, v; write w, m, v) and optimizer state copies per parameter.
 OPTIMIZER_WORDS_PER_PARAM: dict[str, int] = {"sgd": 5, "adamw": 7}
 OPTIMIZER_STATE_COPIES: dict[str, int] = {"sgd": 1, "adamw": 2}
+# The weight average's update (--model-ema, ``train.ema.ModelEma``): fp32 words read and written per parameter (read the
+# average and the weight, write the average: one ``_foreach_lerp_``); it keeps one fp32 copy of the weights. Its
+# evaluation each epoch is a second pass over the validation set, priced like the model's.
+EMA_WORDS_PER_PARAM = 3
 # Host time per operation in PyTorch eager mode (Python, dispatcher, autograd bookkeeping; on a GPU the asynchronous
 # kernel launch, on a CPU also the oneDNN primitive set-up of small kernels), and operations per training step per
 # forward operation (the backward runs about two per forward op). A GPU step cannot be shorter than the host's dispatch
@@ -139,6 +145,7 @@ class MemoryPlan:
     accumulation_steps: int  # micro-batches per optimizer step that make the batch fit (1 when it fits)
     pipeline_stages: int  # devices one replica must span when even one image does not fit (1 otherwise)
     verdict: str
+    ema_gib: float = 0.0  # the weight average's copy (--model-ema)
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,8 @@ class Estimate:
     memory: MemoryPlan
     notes: tuple[str, ...] = field(default=())
     startup_s: float = 0.0  # once per run: a measured local run's warm-up (compilation, first allocations)
+    model_ema: bool = False  # the run keeps a weight average (--model-ema): its update and evaluation are counted
+    ema_s: float = 0.0  # per step (in step_s): the weight average's update, spread over its interval
 
     @property
     def total_hours(self) -> float:
@@ -236,18 +245,20 @@ def allreduce_time(grad_bytes: float, devices: int, nodes: int, dev: Device, int
 
 
 def memory_plan(w: Workload, dev: Device, precision: str, per_device_batch: int, optimizer: str = "sgd",
-                share: float = 1.0, memory_gib: float | None = None) -> MemoryPlan:
-    """Memory per device: weights, gradients, optimizer state, saved activations x batch, reserve; and a way to fit."""
+                share: float = 1.0, memory_gib: float | None = None, model_ema: bool = False) -> MemoryPlan:
+    """Memory per device: weights, gradients, optimizer state, the weight average's copy (``model_ema``), saved
+    activations x batch, reserve; and a way to fit."""
     weight_bytes = 4 + (AUTOCAST_WEIGHT_BYTES if precision in ("fp16", "bf16") else 0)
     params = w.params * share
     weights = params * weight_bytes
     grads = params * 4
     opt = params * 4 * OPTIMIZER_STATE_COPIES[optimizer]
+    ema = params * 4 if model_ema else 0.0
     per_image = share * (w.saved_float_elements * PRECISION_BYTES[precision] + w.saved_other_bytes)
     reserved = RESERVED_GIB["cpu" if dev.arch == "cpu" else "gpu"] * GIB
     capacity = (memory_gib if memory_gib is not None else dev.memory_gib) * GIB
     usable = capacity * USABLE_MEMORY_FRACTION
-    static = weights + grads + opt + reserved
+    static = weights + grads + opt + ema + reserved
     total = static + per_image * per_device_batch
     micro = int(max(0.0, (usable - static) // per_image)) if per_image else per_device_batch
     micro = min(micro, per_device_batch)
@@ -277,7 +288,7 @@ def memory_plan(w: Workload, dev: Device, precision: str, per_device_batch: int,
         weights_gib=weights / GIB, gradients_gib=grads / GIB, optimizer_gib=opt / GIB,
         activations_gib=per_image * per_device_batch / GIB, reserved_gib=reserved / GIB, total_gib=total / GIB,
         device_gib=capacity / GIB, fits=fits, micro_batch=micro, accumulation_steps=accum, pipeline_stages=stages,
-        verdict=verdict,
+        verdict=verdict, ema_gib=ema / GIB,
     )  # fmt: skip
 
 
@@ -308,6 +319,8 @@ def estimate(
     epoch_overhead_s: float | None = None,
     model_options: dict[str, object] | None = None,
     measured: Measurement | None = None,
+    model_ema: bool | None = None,
+    model_ema_steps: int = 1,
 ) -> Estimate:
     """Predict a training run. ``batch_size`` is per device, as in ``convcanon train`` (default: train's, 64);
     ``global_batch`` gives the images per step instead (not both). ``precision`` takes ``--amp``'s words: auto (bf16
@@ -316,13 +329,16 @@ def estimate(
     ``data`` names a data set of the catalog (``DATASETS``) or is None with ``images`` giving the training-set size;
     ``images`` also overrides a named set's size. ``device`` is a catalog name (``DEVICES``); or ``measured``, a
     :class:`~convcanon.estimate.measure.Measurement` of this machine, whose timed step, evaluation, checkpoint write
-    and start-up replace the datasheet model (one device). Raises ValueError naming the flag at fault before any work.
+    and start-up replace the datasheet model (one device). ``model_ema`` is train's ``--model-ema`` (None: auto, on
+    for the digits as train resolves it): the weight average's update every ``model_ema_steps`` steps, its copy in
+    memory and its evaluation each epoch are counted (a measurement must have timed the update). Raises ValueError
+    naming the flag at fault before any work.
     """
     spec = run_spec(model, data=data, images=images, val_images=val_images, epochs=epochs, device=device,
                     devices=devices, nodes=nodes, precision=precision, batch_size=batch_size,
                     global_batch=global_batch, optimizer=optimizer, parallel=parallel, image_size=image_size,
                     network_gbit=network_gbit, link_gbs=link_gbs, epoch_overhead_s=epoch_overhead_s,
-                    measured=measured)  # fmt: skip
+                    measured=measured, model_ema=model_ema, model_ema_steps=model_ema_steps)  # fmt: skip
     options = dict(model_options or {})
     plan = plan_input(model, data, image_size, options)
     notes = list(plan.notes)
@@ -346,22 +362,24 @@ def _predict(spec: RunSpec, w: Workload, measured: Measurement | None, notes: li
     per_image_s = measured.step_s / measured.batch_size if measured is not None else None
     share = 0.5 if parallel == "towers" else 1.0
     step = _step_time(w, dev, precision, per_device, spec.optimizer, share, per_image_s)
+    ema_s = _ema_time(spec, w, measured, share)
     comm = exposed = 0.0
     if parallel == "data":
         comm = allreduce_time(w.params * GRADIENT_BYTES, spec.devices, spec.nodes, dev,
                               inter_node_gbs=spec.network_gbit / 8 if spec.network_gbit else None,
                               intra_node_gbs=spec.link_gbs)
         exposed = comm - min(OVERLAP_FRACTION * comm, step.backward_s)
-        one = step.total_s
+        one = step.total_s + ema_s
     else:
         # Both tower GPUs send their half of the crossing layers' inputs (forward) and of the gradients wrt them
         # (backward) at once, over the PCIe/NVLink link; the next layer waits for them, so nothing hides this.
         link = (spec.link_gbs or dev.intra_node_gbs) * 1e9 * LINK_EFFICIENCY
         exposed = comm = 2 * per_device * w.tower_exchange_elements * PRECISION_BYTES[precision] / link
         one = _step_time(w, dev, precision, per_device, spec.optimizer, 1.0, per_image_s).total_s
+        one += _ema_time(spec, w, measured, 1.0)
         notes.append("model parallel as in Krizhevsky et al. 2012: each GPU holds one tower (half of every layer) and "
                      "runs the whole batch through it; the GPUs exchange activations at conv3 and the FC layers")
-    step_s = step.total_s + exposed
+    step_s = step.total_s + exposed + ema_s
     # Weak scaling, as Goyal et al. and Horovod measure it: the same per-device batch on one device. Two towers are
     # compared with one device running the whole model on the whole batch.
     efficiency = one / step_s if parallel == "data" else one / (2 * step_s)
@@ -382,21 +400,35 @@ def _predict(spec: RunSpec, w: Workload, measured: Measurement | None, notes: li
         eval_s=eval_s, overhead_s=overhead_s, total_s=startup_s + spec.epochs * epoch_s,
         scaling_efficiency=efficiency, gflops_per_image=w.flops_per_image / 1e9, achieved_tflops=achieved,
         utilization=achieved / peak if peak else None,
-        memory=memory_plan(w, dev, precision, per_device, spec.optimizer, share), notes=tuple(notes),
-        startup_s=startup_s,
+        memory=memory_plan(w, dev, precision, per_device, spec.optimizer, share, model_ema=spec.ema_every > 0),
+        notes=tuple(notes), startup_s=startup_s, model_ema=spec.ema_every > 0, ema_s=ema_s,
     )  # fmt: skip
+
+
+def _ema_time(spec: RunSpec, w: Workload, measured: Measurement | None, share: float) -> float:
+    """The weight average's update per step (its time over ``--model-ema-steps``): measured, or its memory traffic
+    (EMA_WORDS_PER_PARAM fp32 words per parameter of the device's ``share``). 0 without an average."""
+    if not spec.ema_every:
+        return 0.0
+    if measured is not None and measured.ema_update_s is not None:
+        return measured.ema_update_s / spec.ema_every
+    traffic = share * w.params * EMA_WORDS_PER_PARAM * 4
+    return traffic / (spec.device.memory_gbs * 1e9 * MEMORY_EFFICIENCY) / spec.ema_every
 
 
 def _epoch_extras(spec: RunSpec, w: Workload, measured: Measurement | None, per_image_s: float | None,
                   share: float) -> tuple[float, float]:
-    """(evaluation, other overhead) per epoch. A measured local run: its own evaluation pass at the run's evaluation
-    batch and its own checkpoint write. Otherwise: a forward pass per validation image (a third of a training image)
-    and the recipe overhead of the data's kind (EPOCH_OVERHEAD_S); ``--epoch-overhead`` overrides either."""
+    """(evaluation, other overhead) per epoch: evaluation twice with a weight average (the model's and the average's).
+    A measured local run: its own evaluation pass at the run's evaluation batch and its own checkpoint write.
+    Otherwise: a forward pass per validation image (a third of a training image) and the recipe overhead of the
+    data's kind (EPOCH_OVERHEAD_S); ``--epoch-overhead`` overrides either."""
     if measured is not None and measured.eval_image_s:
         eval_s = spec.val_images * measured.eval_image_s
     else:
         image_s = per_image_s if per_image_s is not None else _image_time(w, spec.device, spec.precision)
         eval_s = spec.val_images * image_s * share * EVAL_COST_FRACTION / spec.replicas
+    if spec.ema_every:  # the weight average is evaluated beside the model, over the same split
+        eval_s *= 2
     if spec.epoch_overhead_s is not None:
         return eval_s, spec.epoch_overhead_s
     if measured is not None and measured.checkpoint_s:

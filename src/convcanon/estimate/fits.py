@@ -31,16 +31,16 @@ def device_memory_gib(device: torch.device) -> float:
 
 def check_fits(model: str, options: dict[str, Any], *, num_classes: int, in_chans: int, image_size: int,
                micro_batch: int, precision: str, optimizer: str, device: torch.device,
-               memory_gib: float | None = None, size_flag: str = "--image-size") -> None:
+               memory_gib: float | None = None, size_flag: str = "--image-size", model_ema: bool = False) -> None:
     """Raise ValueError, naming the flags to change and the estimator's figure, when one training step of ``model``
     on ``micro_batch`` images of ``in_chans`` x ``image_size`` x ``image_size`` needs more than the whole of
     ``device``'s memory (``memory_gib`` overrides what the device reports; ``size_flag`` is what sets the input
-    size). ``precision`` is fp32, bf16 or fp16."""
+    size; ``model_ema``: the run keeps a weight average). ``precision`` is fp32, bf16 or fp16."""
     capacity = device_memory_gib(device) if memory_gib is None else memory_gib
     work = measure_workload(model, num_classes=num_classes, image_size=image_size, in_chans=in_chans, **options)
     base = get_device("cpu" if device.type != "cuda" else "h100")  # only its arch (reserve) is read; memory is ours
     plan = memory_plan(work, replace(base, memory_gib=capacity), precision, micro_batch, optimizer,
-                       memory_gib=capacity)
+                       memory_gib=capacity, model_ema=model_ema)
     if plan.total_gib <= capacity:
         return
     per_image = plan.activations_gib / micro_batch
@@ -50,7 +50,8 @@ def check_fits(model: str, options: dict[str, Any], *, num_classes: int, in_chan
     raise ValueError(
         f"--model {model} at {image_size}x{image_size} with {micro_batch} images per step needs about "
         f"{plan.total_gib:,.1f} GiB (the estimator's figure: weights {plan.weights_gib:.2f} + gradients "
-        f"{plan.gradients_gib:.2f} + optimizer {plan.optimizer_gib:.2f} + activations {plan.activations_gib:,.1f} "
+        f"{plan.gradients_gib:.2f} + optimizer {plan.optimizer_gib:.2f}"
+        f"{f' + weight average {plan.ema_gib:.2f}' if plan.ema_gib else ''} + activations {plan.activations_gib:,.1f} "
         f"GiB, {per_image:,.2f} per image); this {device.type} device has {capacity:,.1f} GiB: "
         + ", ".join(f for f in fixes if f))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..train.config import TrainConfig
+from ..train.ema import ema_choice
 from .catalog import DEVICES, Device, get_dataset, get_device
 from .workload import smallest_input
 
@@ -188,20 +189,27 @@ class RunSpec:
     network_gbit: float | None
     link_gbs: float | None
     epoch_overhead_s: float | None
+    ema_every: int = 0  # optimizer steps between updates of the weight average (--model-ema-steps); 0: no average
+    ema_reason: str = ""  # why the average is on or off, as train says it
 
 
 def run_spec(model: str, *, data: str | None, images: int | None, val_images: int | None, epochs: float,
              device: str | Device | None, devices: int, nodes: int | None, precision: str, batch_size: int | None,
              global_batch: int | None, optimizer: str, parallel: str, image_size: int | None,
              network_gbit: float | None, link_gbs: float | None, epoch_overhead_s: float | None,
-             measured: Measurement | None) -> RunSpec:
+             measured: Measurement | None, model_ema: bool | None = False, model_ema_steps: int = 1) -> RunSpec:
     """Check every setting of ``costmodel.estimate`` (whose docstring says what each means) and resolve the device,
     precision, node count and batches; nothing is built or measured."""
     check_flags(data=data, images=images, val_images=val_images, epochs=epochs, devices=devices, nodes=nodes,
                 batch_size=batch_size, global_batch=global_batch, image_size=image_size, network_gbit=network_gbit,
                 link_gbs=link_gbs, epoch_overhead_s=epoch_overhead_s, optimizer=optimizer, parallel=parallel)
+    check_positive("--model-ema-steps", model_ema_steps)
     dataset = get_dataset(data) if data is not None else None
     dev, resolved = priced_device(device, precision, measured)
+    ema, ema_reason = ema_choice(model_ema, data)
+    if ema and measured is not None and measured.ema_update_s is None:
+        raise ValueError("the measurement did not time the weight average's update: measure with model_ema=True "
+                         "(the CLI's --measure does when --model-ema resolves on), or estimate with --no-model-ema")
     nodes = nodes or math.ceil(devices / dev.devices_per_node)
     check_layout(devices, nodes, parallel, measured)
     replicas = devices if parallel == "data" else 1
@@ -218,4 +226,5 @@ def run_spec(model: str, *, data: str | None, images: int | None, val_images: in
         epochs=epochs, device=dev, precision=resolved, devices=devices, nodes=nodes, parallel=parallel,
         replicas=replicas, optimizer=optimizer, per_device_batch=per_device, global_batch=global_b,
         network_gbit=network_gbit, link_gbs=link_gbs, epoch_overhead_s=epoch_overhead_s,
+        ema_every=model_ema_steps if ema else 0, ema_reason=ema_reason,
     )  # fmt: skip

@@ -8,7 +8,9 @@ own (the GPU synchronized after each). The mean step time is the measurement: a 
 on a machine shared with other work the slow steps count as they will in the run; the median and the extremes show
 the spread. Then the evaluation forward pass at the run's evaluation batch (``train.evaluate.eval_batch_size``), a
 checkpoint write (the model's and optimizer's state, written atomically into a temporary folder as a run writes its
-checkpoints), and the warm-up's time beyond its steps' share, which a run pays once (``startup_s``). What it leaves
+checkpoints), the weight average's update when the run keeps one (``--model-ema``: ``ModelEma.update`` on the stepped
+model, whose evaluation costs what the model's does), and the warm-up's time beyond its steps' share, which a run pays
+once (``startup_s``). What it leaves
 out: the input pipeline (the data are synthetic tensors already on the device) and a run's set-up (opening the data,
 building the model, writing the run's files).
 """
@@ -30,6 +32,7 @@ from ..io import atomic_write
 from ..registry import model_info
 from ..train.config import TrainConfig
 from ..train.distributed import resolve_device
+from ..train.ema import ModelEma
 from ..train.engine import DeviceFacts, engine_for
 from ..train.evaluate import eval_batch_size
 from ..train.settings import build_model
@@ -40,6 +43,7 @@ from .workload import measure_workload
 MEASURE_LR = 1e-3  # timing, not learning: random labels at the recipe's LR make nets without batch norm diverge
 EVAL_CALLS = 3  # timed evaluation batches, after one warm-up call
 CHECKPOINT_WRITES = 3  # timed checkpoint writes; the median is kept
+EMA_UPDATES = 5  # timed updates of the weight average, after the first (a copy); the median is kept
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class Measurement:
     startup_s: float = 0.0  # the warm-up's time beyond its steps' share: compilation, first allocations
     checkpoint_s: float = 0.0  # one checkpoint write (model and optimizer state, atomic, synced to disk)
     engine: tuple[str, ...] = ()  # the engine's choices, as ``convcanon train`` prints them
+    ema_update_s: float | None = None  # one update of the weight average (--model-ema); None: not timed
 
     def as_device(self) -> Device:
         """This machine as a one-device catalog entry (its figures are measured, not datasheet peaks)."""
@@ -107,10 +112,11 @@ def _timed(fn: Callable[[], None], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def _checkpoint_write_s(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
-    """The median time to write the model's and optimizer's state as a run's checkpoint is written (``io.atomic_write``
-    of ``torch.save``), into a temporary folder of this machine."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+def _checkpoint_write_s(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: ModelEma | None) -> float:
+    """The median time to write the model's and optimizer's state (and the weight average's) as a run's checkpoint
+    is written (``io.atomic_write`` of ``torch.save``), into a temporary folder of this machine."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             **({"ema": ema.state_dict()} if ema is not None else {})}
     with tempfile.TemporaryDirectory(prefix="convcanon-measure-") as folder:
         path = Path(folder) / "step.pt"
         return statistics.median(_timed(lambda: atomic_write(path, lambda f: torch.save(state, f)), lambda: None)
@@ -132,11 +138,13 @@ def measure_local(
     min_steps: int = 3,
     device: str | None = None,
     model_options: dict[str, object] | None = None,
+    model_ema: bool = False,
     say: Callable[[str], None] = lambda msg: None,
 ) -> Measurement:
     """Time ``model``'s training step as ``convcanon train`` runs it (see the module docstring) for about
     ``seconds`` after ``warmup_steps``, at per-device ``batch_size`` with ``--amp amp``; ``channels_last`` and
-    ``compile`` None are train's auto; ``model_options`` may carry ``in_chans``. ``say`` gets the engine's lines."""
+    ``compile`` None are train's auto; ``model_options`` may carry ``in_chans``; ``model_ema`` times the weight
+    average's update too (and writes it with the checkpoint). ``say`` gets the engine's lines."""
     for flag, value in (("--batch-size", batch_size), ("--image-size", image_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
@@ -177,22 +185,34 @@ def measure_local(
     flops = measure_workload(model, num_classes=classes, image_size=side, in_chans=in_chans,
                              **options).flops_per_image
     name, memory = _describe(dev)
+    ema = ModelEma(placed, decay=0.999) if model_ema else None
     return Measurement(
         device=name, device_type=dev.type, memory_gib=memory, model=model, input_size=(in_chans, side, side),
         batch_size=batch_size, precision=precision, steps=len(times), step_s=step_s,
         step_median_s=statistics.median(times), step_min_s=min(times), step_max_s=max(times),
         images_per_s=batch_size / step_s, achieved_tflops=flops * batch_size / step_s / 1e12,
         eval_image_s=eval_s / len(x_eval), startup_s=startup_s,
-        checkpoint_s=_checkpoint_write_s(placed, step.optimizer), engine=tuple(engine.describe()),
+        checkpoint_s=_checkpoint_write_s(placed, step.optimizer, ema), engine=tuple(engine.describe()),
+        ema_update_s=_ema_update_s(ema, placed, dev) if ema is not None else None,
     )  # fmt: skip
+
+
+def _ema_update_s(ema: ModelEma, model: torch.nn.Module, dev: torch.device) -> float:
+    """The median time of one averaging update of ``ema`` from ``model`` (the first update, a copy, is not timed)."""
+    ema.update(model, 1)
+    return statistics.median(_timed(lambda: ema.update(model, 2), lambda: _sync(dev)) for _ in range(EMA_UPDATES))
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def _time_run(dev: torch.device, train_step: Callable[[], None], eval_step: Callable[[], None], net: torch.nn.Module,
               seconds: float, warmup_steps: int, min_steps: int) -> tuple[list[float], list[float], list[float]]:
     """(timed steps, warm-up steps, evaluation calls: the first one warms up), each timed on its own."""
     def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        _sync(dev)
 
     warmup = [_timed(train_step, sync) for _ in range(warmup_steps)]
     times: list[float] = []

@@ -29,11 +29,17 @@ from torch import Tensor, nn
 
 def resolve_model_ema(cfg: Any) -> tuple[bool, str]:
     """Whether the run keeps an EMA, and why (``--model-ema`` auto: on for the embedded digits, the main job)."""
-    if cfg.model_ema is not None:
-        return cfg.model_ema, "as asked"
-    if cfg.pipeline_stages > 1:
+    return ema_choice(cfg.model_ema, cfg.data, cfg.pipeline_stages)
+
+
+def ema_choice(asked: bool | None, data: str | None, pipeline_stages: int = 1) -> tuple[bool, str]:
+    """``--model-ema`` resolved for ``--data`` (a train spec or the estimator's data set name), and why: as asked, else
+    on for the embedded digits only, and never with a pipeline."""
+    if asked is not None:
+        return asked, "as asked"
+    if pipeline_stages > 1:
         return False, "auto: off with --pipeline-stages"
-    if cfg.data == "digits":
+    if data == "digits":
         return True, "auto: on for the embedded digits (the main job's recipe); --no-model-ema to turn it off"
     return False, "auto: off (on for the embedded digits only); --model-ema to turn it on"
 
@@ -117,4 +123,4 @@ def better(ema: dict[str, Any], raw: dict[str, Any]) -> bool:
     return (ema["top1"], -ema["loss"]) > (raw["top1"], -raw["loss"])
 
 
-__all__ = ["ModelEma", "better", "decay_per_update", "resolve_model_ema"]
+__all__ = ["ModelEma", "better", "decay_per_update", "ema_choice", "resolve_model_ema"]
