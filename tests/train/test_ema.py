@@ -216,3 +216,61 @@ def test_a_run_evaluates_the_average_beside_the_model_and_keeps_the_better(tmp_p
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert f.metadata()["chosen"] == chosen
     assert ("EMA " + f"{summary['final_ema']['top1']:.2f}%") in text.splitlines()[-1]
+    # The best evaluation is the better of the two at each epoch; summary, checkpoint and the last line say whose.
+    scored = [("ema", r["ema_top1"]) if better({"top1": r["ema_top1"], "loss": r["ema_loss"]}, r) else
+              ("raw", r["top1"]) for r in evals]
+    best = max(scored, key=lambda s: s[1])  # the first of equal figures: a later tie does not replace it
+    assert (summary["best_top1"], summary["best_weights"]) == (best[1], best[0])
+    assert (result.best_top1, result.best_weights) == (best[1], best[0])
+    assert ckpt.load_checkpoint(out / "checkpoints" / "best.pt")["metrics"]["best_weights"] == best[0]
+
+
+def test_the_best_evaluation_may_be_the_averages_and_eval_uses_its_weights(tmp_path, monkeypatch):
+    # Scripted figures: the average scores 100% after epoch 2 (after the warmup epoch, where it is a copy of the
+    # weights) and 0% after epochs 1 and 3, the model 50% each time. The best is then the average's epoch-2
+    # evaluation: best.pt is that checkpoint, its metrics and summary.json say "ema", and `convcanon eval` of the run
+    # (or of best.pt) loads the average's weights, of any other checkpoint the model's.
+    import io
+    import json
+
+    from convcanon.train import checkpoint as ckpt
+    from convcanon.train.evaluate_cli import _load
+    from convcanon.train.run import train
+
+    calls = {"ema": 0}
+    real_evaluate, real_module = SingleDevice.evaluate, SingleDevice.evaluate_module
+
+    def model_half(self, *args, **kwargs):
+        return {**real_evaluate(self, *args, **kwargs), "top1": 50.0}
+
+    def average_first(self, module, *args, **kwargs):
+        figures = real_module(self, module, *args, **kwargs)
+        if any(p.requires_grad for p in module.parameters()):  # the model's own evaluation goes through here too
+            return figures
+        calls["ema"] += 1
+        return {**figures, "top1": 100.0 if calls["ema"] == 2 else 0.0}
+
+    monkeypatch.setattr(SingleDevice, "evaluate", model_half)
+    monkeypatch.setattr(SingleDevice, "evaluate_module", average_first)
+    out, said = tmp_path / "run", io.StringIO()
+    result = train(TrainConfig(epochs=3, out=str(out), progress=False, workers=0, amp="off"),
+                   out_stream=said)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["best_top1"], summary["best_weights"]) == (100.0, "ema") == (result.best_top1, result.best_weights)
+    assert summary["weights"] == "raw"  # the final choice is the last evaluation's: 50% against 0%
+    assert "(best 100.00% of the EMA)" in said.getvalue().splitlines()[-1]
+    best = ckpt.load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["epoch"] == 2 and best["metrics"]["best_weights"] == "ema"
+    for path in (out, out / "checkpoints" / "best.pt"):
+        weights = _load(path)[0]
+        assert all(torch.equal(weights[k], best["ema"]["module"][k]) for k in best["model"])
+        assert any(not torch.equal(weights[k], best["model"][k]) for k in best["model"])
+    latest = sorted((out / "checkpoints").glob("step-*.pt"))[-1]
+    state = ckpt.load_checkpoint(latest)
+    assert state["metrics"]["best_weights"] == "ema"  # the best so far, as the run resumes it
+    assert all(torch.equal(_load(latest)[0][k], state["model"][k]) for k in state["model"])
+    # A resumed run continues from the best so far: one more epoch scores 50% and 0%, the best stays the average's.
+    again = train(TrainConfig(epochs=4, out=str(out), progress=False, workers=0, amp="off"), resume=out,
+                  out_stream=io.StringIO())
+    assert again.epochs_done == 4 and (again.best_top1, again.best_weights) == (100.0, "ema")
+    assert json.loads((out / "summary.json").read_text())["best_weights"] == "ema"

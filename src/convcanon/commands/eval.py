@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="evaluate a checkpoint: accuracy, per-class accuracy, confusion matrix",
         description="Evaluate a trained model on a test split. PATH is a run directory (its best checkpoint, else "
-        "the newest), a checkpoint file, or a run's model.safetensors.",
+        "the newest), a checkpoint file, or a run's model.safetensors. The best checkpoint is evaluated with the "
+        "weights that scored it: the model's, or its weight average's (--model-ema) when the average scored better.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run directory, .pt checkpoint or .safetensors")

@@ -56,10 +56,11 @@ class RunResult:
     epochs_done: int
     plan: Plan | None  # None when the run had finished before (nothing was trained)
     final: dict[str, Any] = field(default_factory=dict)  # last evaluation
-    best_top1: float | None = None
+    best_top1: float | None = None  # the best evaluation's top-1, of the model or of its average (best_weights)
     seconds: float = 0.0
     final_ema: dict[str, Any] = field(default_factory=dict)  # the weight average's last evaluation (--model-ema)
     weights: str = "raw"  # what model.safetensors holds: raw (the final weights) or ema (their average, when better)
+    best_weights: str = "raw"  # which weights scored best_top1 (and best.pt's evaluation uses): raw or ema
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, strategy: Strategy | None = None,
@@ -80,6 +81,7 @@ class Run:
         self.state: dict[str, Any] | None = None
         self.step, self.epoch, self.start_batch = 0, 0, 0
         self.best_top1: float | None = None
+        self.best_weights = "raw"  # raw or ema: which of the two scored best_top1
         self.final: dict[str, Any] = {}
         self.final_ema: dict[str, Any] = {}
         self.eval_step: int | None = None  # the step of the last evaluation
@@ -128,7 +130,7 @@ class Run:
                 self.lock.release()
         self.strategy.teardown()
         return RunResult(self.run_dir, self.step, self.epoch, self.plan, self.final, self.best_top1, seconds,
-                         self.final_ema, self.weights)
+                         self.final_ema, self.weights, self.best_weights)
 
     # ---- start
 
@@ -168,7 +170,7 @@ class Run:
                  f"larger --epochs than {self.cfg.epochs} to train it further)")
         self.strategy.teardown()
         return RunResult(self.run_dir, self.state["step"], self.state["epoch"], None, final, done.get("best_top1"),
-                         0.0)
+                         0.0, done.get("final_ema") or {}, done.get("weights", "raw"), done.get("best_weights", "raw"))
 
     def _build(self) -> None:
         """Seeds, data, model, engine, plan, placement, and the checkpoint's state when resuming."""
@@ -209,10 +211,11 @@ class Run:
             self.step, self.epoch = state["step"], state["epoch"]
             metrics = state.get("metrics", {})
             if state["batch_in_epoch"] == 0 and "top1" in metrics:  # written at the end of an epoch: its evaluation
-                self.final = {k: v for k, v in metrics.items() if k not in ("best_top1", "ema")}
+                self.final = {k: v for k, v in metrics.items() if k not in ("best_top1", "best_weights", "ema")}
                 self.final_ema, self.eval_step = metrics.get("ema", {}), self.step
             self.start_batch = self.strategy.resume_position(state, cfg, self.plan, self.data, self.say)
-            self.best_top1 = state.get("metrics", {}).get("best_top1")
+            self.best_top1 = metrics.get("best_top1")
+            self.best_weights = metrics.get("best_weights", "raw")
             if self.ema is not None and "ema" in state:  # a checkpoint from before the average: it starts anew
                 self.strategy.load_ema(self.placement, self.ema, state["ema"])
 
@@ -399,15 +402,20 @@ class Run:
         if self.ema is not None:  # beside the raw model, in the same precision, over the same exact split
             ema = self.strategy.evaluate_module(self.ema.module, self.data, self.engine, batch)
         self.window_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
-        is_best = self.best_top1 is None or final["top1"] > self.best_top1
-        self.best_top1 = final["top1"] if is_best else self.best_top1
+        # The best evaluation so far, of the model or of its average, whichever scored better at this one.
+        scored = "ema" if ema and better(ema, final) else "raw"
+        top1 = (ema if scored == "ema" else final)["top1"]
+        is_best = self.best_top1 is None or top1 > self.best_top1
+        if is_best:
+            self.best_top1, self.best_weights = top1, scored
         self.final, self.final_ema, self.eval_step = final, ema, self.step
         self.log.log("eval", self.step, epoch=self.epoch + 1, **{k: v for k, v in final.items() if k != "confusion"},
                      **{f"ema_{k}": v for k, v in ema.items() if k not in ("confusion", "samples")})
         self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, final))
         if ema:
             self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, ema, "EMA "))
-        metrics = {**final, "best_top1": self.best_top1, **({"ema": ema} if ema else {})}
+        metrics = {**final, "best_top1": self.best_top1, "best_weights": self.best_weights,
+                   **({"ema": ema} if ema else {})}
         self._save(0, self.epoch + 1, metrics, best=is_best)
 
     def _save(self, batch_in_epoch: int, epoch: int, metrics: dict[str, Any], best: bool = False) -> None:
@@ -452,11 +460,13 @@ class Run:
         atomic_write_json(run_dir / "summary.json", {
             "steps": self.step, "epochs": self.epoch,
             **{key: {k: v for k, v in res.items() if k != "confusion"} for key, res in shown.items()},
-            "weights": self.weights, "best_top1": self.best_top1, "seconds": round(seconds, 2),
+            "weights": self.weights, "best_top1": self.best_top1, "best_weights": self.best_weights,
+            "seconds": round(seconds, 2),
             "train_seconds": round(self.train_seconds, 2),
         })  # fmt: skip
         if final:
-            self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%)"
+            best_of = " of the EMA" if self.best_weights == "ema" else ""
+            self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%{best_of})"
                      f"{_ema_words(ema, self.weights)} in {seconds:.1f} s; weights in {run_dir / 'model.safetensors'}"
                      f"{' (the EMA)' if self.weights == 'ema' else ''}")
         else:
