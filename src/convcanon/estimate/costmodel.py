@@ -292,10 +292,21 @@ def memory_plan(w: Workload, dev: Device, precision: str, per_device_batch: int,
     )  # fmt: skip
 
 
+# The two halves of a measurement whose mean steps differ by more than this: the machine's speed changed while it was
+# timed (a shared machine's neighbours), and the estimate says so rather than extrapolating one half's speed quietly.
+UNSTEADY_HALVES = 1.25
+
+
 def _measured_notes(measured: Measurement) -> list[str]:
-    return [f"step time measured on this machine ({measured.device}) with the engine `convcanon train` resolves "
-            f"there: {measured.images_per_s:.1f} img/s at batch {measured.batch_size}, {measured.precision}; "
-            "evaluation, checkpoint writes and start-up measured too; the input pipeline is not timed"]
+    notes = [f"step time measured on this machine ({measured.device}) with the engine `convcanon train` resolves "
+             f"there: {measured.images_per_s:.1f} img/s at batch {measured.batch_size}, {measured.precision}; "
+             "evaluation, checkpoint writes and start-up measured too; the input pipeline is not timed"]
+    first, second = measured.halves_s
+    if min(first, second) > 0 and max(first, second) / min(first, second) > UNSTEADY_HALVES:
+        notes.append(f"this machine's speed changed while the step was timed ({first * 1e3:.1f} ms a step in the "
+                     f"first half, {second * 1e3:.1f} ms in the second): the total is as uncertain; time longer with "
+                     "--measure-seconds, or measure when the machine is quiet")
+    return notes
 
 
 def estimate(

@@ -67,6 +67,7 @@ class Measurement:
     checkpoint_s: float = 0.0  # one checkpoint write (model and optimizer state, atomic, synced to disk)
     engine: tuple[str, ...] = ()  # the engine's choices, as ``convcanon train`` prints them
     ema_update_s: float | None = None  # one update of the weight average (--model-ema); None: not timed
+    halves_s: tuple[float, float] = (0.0, 0.0)  # mean step of the first and of the second half of the timed steps
 
     def as_device(self) -> Device:
         """This machine as a one-device catalog entry (its figures are measured, not datasheet peaks)."""
@@ -193,8 +194,14 @@ def measure_local(
         images_per_s=batch_size / step_s, achieved_tflops=flops * batch_size / step_s / 1e12,
         eval_image_s=eval_s / len(x_eval), startup_s=startup_s,
         checkpoint_s=_checkpoint_write_s(placed, step.optimizer, ema), engine=tuple(engine.describe()),
-        ema_update_s=_ema_update_s(ema, placed, dev) if ema is not None else None,
+        ema_update_s=_ema_update_s(ema, placed, dev) if ema is not None else None, halves_s=_halves(times),
     )  # fmt: skip
+
+
+def _halves(times: list[float]) -> tuple[float, float]:
+    """The mean of the first and of the second half of ``times``: apart, the machine's speed changed while timing."""
+    half = len(times) // 2
+    return statistics.fmean(times[:half] or times), statistics.fmean(times[half:])
 
 
 def _ema_update_s(ema: ModelEma, model: torch.nn.Module, dev: torch.device) -> float:
