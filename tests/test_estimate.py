@@ -28,6 +28,7 @@ from convcanon.cli import main
 from convcanon.estimate import (
     DEVICES,
     PUBLISHED_RUNS,
+    TrainData,
     calibrate,
     canon_cost_table,
     costmodel,
@@ -508,6 +509,59 @@ def test_cli_weight_average_and_epochs_as_train_resolves_them(capsys):
     assert main(["estimate", "--model", "resnet20", "--data", "digits", "--device", "cpu", "--model-ema-steps",
                  "0"]) == 2  # fmt: skip
     assert "--model-ema-steps" in capsys.readouterr().err
+
+
+def test_train_data_reads_trains_data_specs_without_decoding(tmp_path, capsys):
+    # The estimator takes train's --data: catalog names, a standard set's own folder as its entry, synthetic data
+    # and an ImageFolder tree, listed (not decoded) for its counts, classes and train's side.
+    from PIL import Image
+
+    from convcanon.estimate import train_data
+
+    def make_tree(root, classes, train_per_class, val_per_class, size=(16, 16)):
+        for split, n in (("train", train_per_class), ("val", val_per_class)):
+            for c in classes:
+                (root / split / c).mkdir(parents=True)
+                for i in range(n):
+                    Image.new("RGB", size, (i * 40, 0, 0)).save(root / split / c / f"{i}.png")
+        return root
+
+    assert train_data("digits") == TrainData("digits", "digits")
+    assert train_data("cifar10:/nowhere/cifar-10-batches-py").catalog == "cifar10"  # the catalog knows its size
+    assert train_data("fashion-mnist").catalog == "fashion-mnist"
+    synthetic = train_data("synthetic:1:16:5")
+    assert (synthetic.images, synthetic.val_images, synthetic.image_size, synthetic.in_chans,
+            synthetic.num_classes, synthetic.catalog) == (1024, 256, 16, 1, 5, None)  # fmt: skip
+    tree = make_tree(tmp_path / "photos", classes=("a", "b", "c"), train_per_class=4, val_per_class=2)
+    for spec in (f"folder:{tree}", str(tree)):
+        own = train_data(spec, image_size=48)
+        assert (own.label, own.images, own.val_images, own.num_classes, own.in_chans, own.image_size) == (
+            spec, 12, 6, 3, 3, 48)
+        assert own.in_memory  # 18 small images: train holds them in memory (--data-cache auto)
+    oblong = make_tree(tmp_path / "oblong", ("a", "b"), 2, 1, size=(16, 12))
+    assert train_data(str(oblong)).in_memory is False  # not square: train streams it from the files
+    assert train_data(f"folder:{tree}").image_size == 224  # train's default side for a tree
+    with pytest.raises(ValueError, match=r"--data 'folder:.*': .*no train/ or val/ folder"):
+        train_data(f"folder:{tmp_path}")
+    with pytest.raises(ValueError, match=r"unknown data set 'imagenet21k'.*the estimator's catalog: imagenet"):
+        train_data("imagenet21k")
+    # Through the command: the tree's images, its validation images each epoch, its classes in the model's head.
+    def row(*flags: str) -> dict:
+        assert main(["estimate", "--model", "resnet20", "--json", *flags]) == 0
+        (out,) = json.loads(capsys.readouterr().out)
+        return out
+
+    e = row("--data", f"folder:{tree}", "--image-size", "32", "--device", "cpu", "--batch-size", "4")
+    assert (e["data"], e["train_images"], e["input_size"], e["model_ema"]) == (f"folder:{tree}", 12, "3x32x32", False)
+    plain = estimate("resnet20", images=12, val_images=6, image_size=32, device="cpu", batch_size=4,
+                     model_options={"num_classes": 3}, in_memory=True)
+    assert e["total_s"] == pytest.approx(plain.total_s) and e["memory"]["total_gib"] == pytest.approx(
+        plain.memory.total_gib)
+    measured = row("--data", str(tree), "--image-size", "32", "--measure", "--measure-seconds", "0.05",
+                   "--batch-size", "4")
+    assert (measured["train_images"], measured["input_size"], measured["epochs"]) == (12, "3x32x32", 40)
+    assert main(["estimate", "--model", "resnet20", "--data", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert "--data" in capsys.readouterr().err
 
 
 def test_cli_canon_validate_catalog(capsys):

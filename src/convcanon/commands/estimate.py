@@ -4,6 +4,7 @@ runs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..tables import emit
 
@@ -14,6 +15,7 @@ _EPILOG = """examples:
   convcanon estimate --model vgg16 --device p100-pcie --devices 512 --network-gbit 25    Horovod's cluster
   convcanon estimate --model resnet20 --data digits --measure      time this machine: the main job (train's defaults)
   convcanon estimate --model resnet50 --images 250000 --device h100 --devices 16 --nodes 2 --global-batch 4096
+  convcanon estimate --model resnet18 --data folder:~/photos --image-size 160 --measure   your own tree, timed here
   convcanon estimate --canon                      the canon's cost for 90 ImageNet epochs on each GPU generation
   convcanon estimate --validate                   predictions for the published runs vs their figures
   convcanon estimate --catalog                    the devices and their datasheet figures
@@ -73,8 +75,10 @@ def _overrides() -> dict:
     return {
         "model": FlagOverride(default=None, default_text="none: required unless --canon, --validate or --catalog"),
         "data": FlagOverride(default=None, default_text="imagenet, or none with --images",
-                             note="estimate: a data set of its catalog (imagenet, cifar10, cifar100, mnist, digits); "
-                                  "cifar10:PATH and cifar100:PATH name theirs"),
+                             note="estimate: a data set of its catalog (imagenet, cifar10, cifar100, mnist, "
+                                  "fashion-mnist, digits; a standard set's own folder, e.g. cifar10:PATH, is its "
+                                  "entry), or train's synthetic:C:S:K or ImageFolder tree (folder:PATH or PATH: "
+                                  "listed, not decoded, for its image counts, classes and train's side)"),
         "image_size": FlagOverride(default_text="the data set's, or the model's own"),
         "batch_size": FlagOverride(default=None, default_text="64, train's"),
         "amp": FlagOverride(extra_choices=("fp32", "tf32"), aliases=("--precision",),
@@ -116,8 +120,9 @@ def _rows(e) -> list[dict[str, object]]:
     util = f" ({e.utilization:.0%} of peak)" if e.utilization is not None else ""
     rows = [
         ("model", f"{e.model} at {e.input_size}, {e.gflops_per_image:.3g} GFLOPs per training image"),
-        ("run", f"{e.epochs:g} epoch{'' if e.epochs == 1 else 's'} of {e.data} ({e.train_images:,} images), "
-                f"{e.optimizer}"),
+        ("run", f"{e.epochs:g} epoch{'' if e.epochs == 1 else 's'} of "
+                + (f"{e.train_images:,} images" if e.data == f"{e.train_images} images" else
+                   f"{e.data} ({e.train_images:,} images)") + f", {e.optimizer}"),
         ("devices", f"{e.devices} x {e.device} on {e.nodes} node(s), {e.precision}, {e.parallel} parallel"),
         ("batch", f"{e.global_batch:,} global, {e.per_device_batch:,} per device"),
         ("throughput", f"{e.images_per_s:,.1f} images/s, {e.achieved_tflops:.3g} TFLOP/s per device{util}"),
@@ -167,12 +172,13 @@ def _measured(args: argparse.Namespace, counts: list[int], data: str | None, opt
         raise ValueError("--measure predicts a run on this machine's one device: use --devices 1")
     # Check every flag with a dry estimate on the generic CPU entry before spending time on the measurement.
     est.estimate(args.model, device="cpu", **{**common, "precision": "fp32"})
-    plan = est.plan_input(args.model, data, args.image_size, options)
+    plan = est.plan_input(args.model, data, common["image_size"], options)
     measured = est.measure_local(
         args.model, batch_size=args.batch_size or args.global_batch or DEFAULT_BATCH_PER_DEVICE,
         image_size=plan.image_size, num_classes=plan.num_classes, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, optimizer=args.optimizer, seconds=args.measure_seconds, device=local,
-        model_options={**options, "in_chans": plan.in_chans}, say=lambda line: print(line, file=sys.stderr),
+        model_options={**{k: v for k, v in options.items() if k != "num_classes"}, "in_chans": plan.in_chans},
+        say=lambda line: print(line, file=sys.stderr),
         model_ema=ema_choice(args.model_ema, data)[0],
     )  # fmt: skip
     return est.estimate(args.model, measured=measured, **common)
@@ -206,23 +212,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ValueError("--model is required (or one of --canon, --validate, --catalog)")
-    data = args.data if args.data is not None else (None if args.images else "imagenet")
-    if data is not None and data.partition(":")[0] in ("cifar10", "cifar100"):
-        data = data.partition(":")[0]  # train's spec: the catalog knows the set, the path is not needed
-    if data is not None:
-        est.get_dataset(data)
+    # train's --data: a catalog set (a standard set's own folder is its entry), or your own data's size and shape
+    own = est.train_data(args.data, args.image_size) if args.data is not None else None
+    data = own.catalog if own is not None else (None if args.images else "imagenet")
     options = parse_model_options(args.model_options or [])
+    if own is not None and own.catalog is None:
+        options = {"num_classes": own.num_classes, "in_chans": own.in_chans, **options}
     common = dict(
-        data=data, images=args.images, val_images=args.val_images, epochs=epochs, nodes=args.nodes,
-        precision=args.amp, batch_size=args.batch_size, global_batch=args.global_batch, optimizer=args.optimizer,
-        parallel=args.parallel, image_size=args.image_size, network_gbit=args.network_gbit, link_gbs=args.link_gbs,
-        epoch_overhead_s=args.epoch_overhead, model_options=options, model_ema=args.model_ema,
-        model_ema_steps=args.model_ema_steps,
+        data=data, images=args.images or (own.images if own else None),
+        val_images=args.val_images if args.val_images is not None or own is None else own.val_images,
+        epochs=epochs, nodes=args.nodes, precision=args.amp, batch_size=args.batch_size,
+        global_batch=args.global_batch, optimizer=args.optimizer, parallel=args.parallel,
+        image_size=args.image_size or (own.image_size if own else None), network_gbit=args.network_gbit,
+        link_gbs=args.link_gbs, epoch_overhead_s=args.epoch_overhead, model_options=options,
+        model_ema=args.model_ema, model_ema_steps=args.model_ema_steps, in_memory=own.in_memory if own else None,
     )  # fmt: skip
     if args.measure:
         results = [_measured(args, counts, data, options, common)]
     else:
         results = [est.estimate(args.model, device=args.device, devices=n, **common) for n in counts]
+    if own is not None and own.catalog is None and not args.images:
+        results = [dataclasses.replace(e, data=own.label) for e in results]
 
     if len(results) == 1:
         if args.json:

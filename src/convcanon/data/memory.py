@@ -51,6 +51,7 @@ DIGITS_SHAPE = (1, 8, 10)  # channels, side, classes
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 SYNTHETIC_SEED = 0
+SYNTHETIC_SIZE = 1024  # training images of synthetic data (and a quarter of that for test)
 MEMORY_SHARE = 0.5  # the most of this machine's memory in-memory data may take: the model and batches need the rest
 _CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
@@ -296,14 +297,14 @@ def make_digits(*, image_size: int | None = None, num_classes: int | None = None
 
 # ---- synthetic ---------------------------------------------------------------------------------------------------
 
-def check_synthetic_fits(spec: str, in_chans: int, image_size: int, size: int = 1024) -> None:
+def check_synthetic_fits(spec: str, in_chans: int, image_size: int, size: int = SYNTHETIC_SIZE) -> None:
     """The memory check of :func:`make_synthetic`, from the spec alone (``convcanon train`` runs it first)."""
     check_fits((size + size // 4) * in_chans * image_size * image_size,
                f"{spec} ({size:,} + {size // 4:,} images of {in_chans}x{image_size}x{image_size} bytes)",
                "lower the side S (or --image-size) or the channels C in synthetic:C:S:K")
 
 
-def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int = 10, size: int = 1024,
+def make_synthetic(*, in_chans: int = 3, image_size: int = 32, num_classes: int = 10, size: int = SYNTHETIC_SIZE,
                    augment: AugmentOptions | None = None, ra_reps: int = 1) -> InMemorySource:
     """Uniform random uint8 images and labels from a fixed seed (``size`` train, ``size // 4`` test), not augmented
     by default: the same data path as the real sets, for throughput work."""

@@ -9,13 +9,13 @@ calibrated which constant). :mod:`.validation` holds the published runs and the 
 
 from .catalog import DATASETS, DEVICES, DataSet, Device, get_dataset, get_device
 from .costmodel import Estimate, MemoryPlan, estimate, memory_plan
-from .inputs import plan_input
+from .inputs import TrainData, plan_input, train_data
 from .measure import Measurement, measure_local
 from .validation import PUBLISHED_RUNS, calibrate, canon_cost_table, validation_table
 from .workload import Workload, measure_workload
 
 __all__ = [
-    "DATASETS", "DEVICES", "DataSet", "Device", "Estimate", "Measurement", "MemoryPlan", "PUBLISHED_RUNS", "Workload",
-    "calibrate", "canon_cost_table", "estimate", "get_dataset", "get_device", "measure_local", "measure_workload",
-    "memory_plan", "plan_input", "validation_table",
+    "DATASETS", "DEVICES", "DataSet", "Device", "Estimate", "Measurement", "MemoryPlan", "PUBLISHED_RUNS",
+    "TrainData", "Workload", "calibrate", "canon_cost_table", "estimate", "get_dataset", "get_device", "measure_local",
+    "measure_workload", "memory_plan", "plan_input", "train_data", "validation_table",
 ]  # fmt: skip

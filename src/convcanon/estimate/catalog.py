@@ -212,6 +212,7 @@ DATASETS: dict[str, DataSet] = {
         DataSet("cifar10", 50_000, 10_000, 32, 3, 10, True, "Krizhevsky 2009"),
         DataSet("cifar100", 50_000, 10_000, 32, 3, 100, True, "Krizhevsky 2009"),
         DataSet("mnist", 60_000, 10_000, 28, 1, 10, True, "LeCun et al. 1998"),
+        DataSet("fashion-mnist", 60_000, 10_000, 28, 1, 10, True, "Xiao et al. 2017"),
         DataSet("digits", 1_437, 360, 8, 1, 10, True, "scikit-learn load_digits, convcanon's 80/20 split (embedded)"),
     )
 }

@@ -332,6 +332,7 @@ def estimate(
     measured: Measurement | None = None,
     model_ema: bool | None = None,
     model_ema_steps: int = 1,
+    in_memory: bool | None = None,
 ) -> Estimate:
     """Predict a training run. ``batch_size`` is per device, as in ``convcanon train`` (default: train's, 64);
     ``global_batch`` gives the images per step instead (not both). ``precision`` takes ``--amp``'s words: auto (bf16
@@ -343,13 +344,15 @@ def estimate(
     and start-up replace the datasheet model (one device). ``model_ema`` is train's ``--model-ema`` (None: auto, on
     for the digits as train resolves it): the weight average's update every ``model_ema_steps`` steps, its copy in
     memory and its evaluation each epoch are counted (a measurement must have timed the update). Raises ValueError
-    naming the flag at fault before any work.
+    naming the flag at fault before any work. ``in_memory`` says whether the run holds its data in memory (no loader
+    restart per epoch; None: the catalog set's, or files for ``images``).
     """
     spec = run_spec(model, data=data, images=images, val_images=val_images, epochs=epochs, device=device,
                     devices=devices, nodes=nodes, precision=precision, batch_size=batch_size,
                     global_batch=global_batch, optimizer=optimizer, parallel=parallel, image_size=image_size,
                     network_gbit=network_gbit, link_gbs=link_gbs, epoch_overhead_s=epoch_overhead_s,
-                    measured=measured, model_ema=model_ema, model_ema_steps=model_ema_steps)  # fmt: skip
+                    measured=measured, model_ema=model_ema, model_ema_steps=model_ema_steps,
+                    in_memory=in_memory)  # fmt: skip
     options = dict(model_options or {})
     plan = plan_input(model, data, image_size, options)
     notes = list(plan.notes)

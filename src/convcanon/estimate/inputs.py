@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..train.config import TrainConfig
 from ..train.ema import ema_choice
-from .catalog import DEVICES, Device, get_dataset, get_device
+from .catalog import DATASETS, DEVICES, Device, get_dataset, get_device
 from .workload import smallest_input
 
 if TYPE_CHECKING:
@@ -37,6 +37,53 @@ def check_positive(flag: str, value: float | None, integer: bool = True) -> None
 def choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """``convcanon train``'s ``--data`` as the estimator takes it: a catalog set, or the size and shape of the user's
+    own data (an ImageFolder tree, synthetic data), found without decoding an image."""
+
+    label: str  # what the estimate calls the data
+    catalog: str | None  # a catalog data set (DATASETS), or None
+    images: int | None = None  # training images (own data)
+    val_images: int | None = None
+    image_size: int | None = None  # the side train feeds the model (own data)
+    num_classes: int | None = None
+    in_chans: int | None = None
+    in_memory: bool | None = None  # held in memory as train would hold it (own data); None: the catalog's
+
+
+def train_data(spec: str, image_size: int | None = None) -> TrainData:
+    """Read train's ``--data`` SPEC for an estimate. Catalog names stand as they are, and a standard set's own folder
+    (``cifar10:PATH``, ``mnist:PATH``...) is its catalog entry; ``synthetic:C:S:K`` is its 1,024 + 256 images; an
+    ImageFolder tree (``folder:PATH`` or a folder's path) is listed, not decoded: its train/ and val/ image counts,
+    classes, train's image side (``image_size`` or 224) and whether train would hold it in memory (the first
+    image's header against this machine's memory, as ``--data-cache auto`` decides). Raises ValueError naming
+    ``--data``."""
+    kind = spec.partition(":")[0]
+    if spec in DATASETS or (kind in DATASETS and kind != "imagenet"):
+        return TrainData(kind, kind)
+    from ..data.folder_cache import memory_plan
+    from ..data.memory import SYNTHETIC_SIZE
+    from ..data.scan import list_tree
+    from ..data.spec import parse_data
+
+    try:
+        parsed = parse_data(spec, image_size=image_size)
+    except (ValueError, FileNotFoundError) as err:
+        problem, _, forms = str(err).partition("\n")
+        raise ValueError(f"--data {spec!r}: {problem}; the estimator's catalog: {', '.join(DATASETS)}"
+                         + (f"; and train's forms:\n{forms}" if forms else "")) from None
+    shape = dict(image_size=parsed.image_size, num_classes=parsed.num_classes, in_chans=parsed.in_chans)
+    if parsed.kind == "synthetic":
+        return TrainData(spec, None, SYNTHETIC_SIZE, SYNTHETIC_SIZE // 4, in_memory=True, **shape)
+    if parsed.kind != "folder" or parsed.path is None:  # a standard set in its default place
+        return TrainData(parsed.kind, parsed.kind)
+    tree = list_tree(parsed.path)
+    train, val = tree.files["train"], tree.files["val"]
+    held = memory_plan(train[0][0], len(train) + len(val), "auto", "auto")[0]
+    return TrainData(spec, None, len(train), len(val), in_memory=held, **shape)
 
 
 @dataclass(frozen=True)
@@ -197,7 +244,8 @@ def run_spec(model: str, *, data: str | None, images: int | None, val_images: in
              device: str | Device | None, devices: int, nodes: int | None, precision: str, batch_size: int | None,
              global_batch: int | None, optimizer: str, parallel: str, image_size: int | None,
              network_gbit: float | None, link_gbs: float | None, epoch_overhead_s: float | None,
-             measured: Measurement | None, model_ema: bool | None = False, model_ema_steps: int = 1) -> RunSpec:
+             measured: Measurement | None, model_ema: bool | None = False, model_ema_steps: int = 1,
+             in_memory: bool | None = None) -> RunSpec:
     """Check every setting of ``costmodel.estimate`` (whose docstring says what each means) and resolve the device,
     precision, node count and batches; nothing is built or measured."""
     check_flags(data=data, images=images, val_images=val_images, epochs=epochs, devices=devices, nodes=nodes,
@@ -222,7 +270,8 @@ def run_spec(model: str, *, data: str | None, images: int | None, val_images: in
     val = val_images if val_images is not None else (dataset.val_images if dataset and images is None else 0)
     return RunSpec(
         model=model, data=dataset.name if dataset and images is None else f"{train_images} images",
-        in_memory=dataset is not None and dataset.in_memory, train_images=train_images, val_images=val,
+        in_memory=in_memory if in_memory is not None else dataset is not None and dataset.in_memory,
+        train_images=train_images, val_images=val,
         epochs=epochs, device=dev, precision=resolved, devices=devices, nodes=nodes, parallel=parallel,
         replicas=replicas, optimizer=optimizer, per_device_batch=per_device, global_batch=global_b,
         network_gbit=network_gbit, link_gbs=link_gbs, epoch_overhead_s=epoch_overhead_s,
