@@ -39,6 +39,7 @@ from .finetune import InitWeights, apply_init, freeze, read_init
 from .metrics import MetricsLog
 from .mixing import BatchMixing
 from .optim import Plan, lr_at
+from .progress import ema_words, eval_line, progress_for
 from .reproducibility import restore_rng_state, seed_everything, set_deterministic
 from .rundir import claim_new_run_dir, default_run_dir, restarted_run, run_facts
 from .settings import build_model, check_settings
@@ -267,7 +268,7 @@ class Run:
             restore_rng_state(self.strategy.rank_rng(self.state, cfg))
         else:
             self.strategy.seed_streams(cfg)
-        self.progress = _progress(cfg.progress and ctx.is_main, plan, self.step, self.say)
+        self.progress = progress_for(cfg.progress and ctx.is_main, plan, self.step, self.say)
         self.loss_window = torch.zeros((), device=ctx.device)  # summed step losses since the last log line
         self.window_steps, self.window_images, self.window_t0 = 0, 0, time.perf_counter()
 
@@ -467,44 +468,12 @@ class Run:
         if final:
             best_of = " of the EMA" if self.best_weights == "ema" else ""
             self.say(f"done: {self.step} steps, test top-1 {final['top1']:.2f}% (best {self.best_top1:.2f}%{best_of})"
-                     f"{_ema_words(ema, self.weights)} in {seconds:.1f} s; weights in {run_dir / 'model.safetensors'}"
+                     f"{ema_words(ema, self.weights)} in {seconds:.1f} s; weights in {run_dir / 'model.safetensors'}"
                      f"{' (the EMA)' if self.weights == 'ema' else ''}")
         else:
             why = f" (--max-steps {self.cfg.max_steps})" if self.cfg.max_steps else ""
             self.say(f"stopped at step {self.step}{why} after {seconds:.1f} s; continue with: convcanon train --resume "
                      f"{run_dir}")
-
-
-def eval_line(epoch: int, epochs: int, step: int, result: dict[str, Any], what: str = "") -> str:
-    top5 = f", top-5 {result['top5']:.2f}%" if "top5" in result else ""
-    return (f"epoch {epoch}/{epochs} (step {step}): {what}test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%"
-            f"{top5} on {result['samples']} images")
-
-
-def _ema_words(ema: dict[str, Any], weights: str) -> str:
-    if not ema:
-        return ""
-    chosen = "kept: better" if weights == "ema" else "not kept: not better"
-    return f", EMA {ema['top1']:.2f}% ({chosen})"
-
-
-class _Lines:
-    """Progress without a bar (not a terminal, or --no-progress): only the per-epoch lines, through ``say``."""
-
-    def __init__(self, say) -> None:
-        self.write = say
-
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, **kw: Any) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(enabled: bool, plan: Plan, initial: int, say):
-    if not enabled or not sys.stderr.isatty():
-        return _Lines(say)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=plan.total_steps, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
 
 __all__ = ["NonFiniteLossError", "Run", "RunInterrupted", "RunResult", "build_model", "eval_line", "train"]
