@@ -314,8 +314,10 @@ def test_eval_command_reports_the_best_checkpoint(tmp_path, capsys):
     from convcanon.cli import main
 
     run = _run(tmp_path, "r", epochs=2, batch_size=64)
-    best = max(json.loads(line)["top1"] for line in (run / "metrics.jsonl").read_text().splitlines()
-               if '"eval"' in line)
+    # The best evaluation of the model or of its weight average (on for the digits): the weights that scored it.
+    best = max(max(r["top1"], r.get("ema_top1", 0.0)) for r in map(json.loads, (run / "metrics.jsonl").read_text()
+               .splitlines()) if r["kind"] == "eval")  # fmt: skip
+    assert best == json.loads((run / "summary.json").read_text())["best_top1"]
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
