@@ -253,7 +253,13 @@ def test_the_best_evaluation_may_be_the_averages_and_eval_uses_its_weights(tmp_p
     monkeypatch.setattr(SingleDevice, "evaluate", model_half)
     monkeypatch.setattr(SingleDevice, "evaluate_module", average_first)
     out, said = tmp_path / "run", io.StringIO()
-    result = train(TrainConfig(epochs=3, out=str(out), progress=False, workers=0, amp="off"),
+    # Stopped 3 steps into epoch 3 (22 steps an epoch), then resumed: the mid-epoch checkpoint keeps whose the best is.
+    stopped = train(TrainConfig(epochs=3, out=str(out), progress=False, workers=0, amp="off", max_steps=47),
+                    out_stream=io.StringIO())
+    assert stopped.steps == 47 and (stopped.best_top1, stopped.best_weights) == (100.0, "ema")
+    mid, _ = ckpt.load_latest(out)
+    assert mid["step"] == 47 and mid["metrics"] == {"best_top1": 100.0, "best_weights": "ema"}
+    result = train(TrainConfig(epochs=3, out=str(out), progress=False, workers=0, amp="off"), resume=out,
                    out_stream=said)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["best_top1"], summary["best_weights"]) == (100.0, "ema") == (result.best_top1, result.best_weights)
@@ -265,6 +271,10 @@ def test_the_best_evaluation_may_be_the_averages_and_eval_uses_its_weights(tmp_p
         weights = _load(path)[0]
         assert all(torch.equal(weights[k], best["ema"]["module"][k]) for k in best["model"])
         assert any(not torch.equal(weights[k], best["model"][k]) for k in best["model"])
+    from convcanon.train.weights import read_weights
+
+    loaded = read_weights(out / "checkpoints" / "best.pt").state  # load_model and --init read best.pt alike
+    assert all(torch.equal(loaded[k], best["ema"]["module"][k]) for k in best["model"])
     latest = sorted((out / "checkpoints").glob("step-*.pt"))[-1]
     state = ckpt.load_checkpoint(latest)
     assert state["metrics"]["best_weights"] == "ema"  # the best so far, as the run resumes it

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import convcanon
 from convcanon.train import checkpoint as ckpt
@@ -246,17 +247,24 @@ def _kill_after_checkpoint(out: Path, min_step: int, *extra: str) -> None:
     assert not (out / "model.safetensors").exists(), "the kill came too late to test anything"
 
 
+def _amp(run_dir: Path) -> tuple[str, str]:
+    """The precision the run resolved (``--amp auto`` measures fp32 against bf16 on this machine and keeps the choice
+    in config.yaml), as flags for the run it is compared with: two measurements of a close race may disagree."""
+    return "--amp", yaml.safe_load((run_dir / "config.yaml").read_text())["amp"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
     subprocess.run(_cli(out), env=_env(), check=True, stdout=subprocess.DEVNULL)
-    return _final_state(out)
+    return _final_state(out), _amp(out)
 
 
 @pytest.mark.parametrize("min_step", [4, 25])  # mid-epoch 1, and mid-epoch 2 (22 steps per epoch)
 def test_sigkill_then_resume_is_bit_exact(tmp_path, uninterrupted, min_step):
+    uninterrupted, amp = uninterrupted
     out = tmp_path / "run"
-    _kill_after_checkpoint(out, min_step)
+    _kill_after_checkpoint(out, min_step, *amp)
     subprocess.run(_cli(out, "--resume", str(out)), env=_env(), check=True, stdout=subprocess.DEVNULL)
     resumed = _final_state(out)
     assert resumed.keys() == uninterrupted.keys()
@@ -276,12 +284,13 @@ EVERY_AUGMENTATION = ("--image-size", "12", "--hflip", "0.5", "--scale", "0.35",
 def uninterrupted_augmented(tmp_path_factory):
     out = tmp_path_factory.mktemp("full-augmented") / "run"
     subprocess.run(_cli(out, *EVERY_AUGMENTATION), env=_env(), check=True, stdout=subprocess.DEVNULL)
-    return _weights(out)
+    return _weights(out), _amp(out)
 
 
 def test_sigkill_then_resume_is_bit_exact_with_every_augmentation_option(tmp_path, uninterrupted_augmented):
+    uninterrupted_augmented, amp = uninterrupted_augmented
     out = tmp_path / "run"
-    _kill_after_checkpoint(out, 25, *EVERY_AUGMENTATION)  # mid-epoch 2
+    _kill_after_checkpoint(out, 25, *EVERY_AUGMENTATION, *amp)  # mid-epoch 2
     subprocess.run(_cli(out, *EVERY_AUGMENTATION, "--resume", str(out)), env=_env(), check=True,
                    stdout=subprocess.DEVNULL)
     resumed = _weights(out)
@@ -299,8 +308,9 @@ def test_sigkill_then_resume_is_bit_exact_with_every_augmentation_option(tmp_pat
 
 
 def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, uninterrupted):
+    uninterrupted, amp = uninterrupted
     out = tmp_path / "run"
-    _kill_after_checkpoint(out, 10)
+    _kill_after_checkpoint(out, 10, *amp)
     newest = ckpt.find_checkpoints(out)[0]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     done = subprocess.run(_cli(out, "--resume", str(out)), env=_env(), check=True, capture_output=True, text=True)

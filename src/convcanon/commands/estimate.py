@@ -219,11 +219,12 @@ def run(args: argparse.Namespace) -> int:
     if own is not None and own.catalog is None:
         options = {"num_classes": own.num_classes, "in_chans": own.in_chans, **options}
     common = dict(
-        data=data, images=args.images or (own.images if own else None),
+        data=data, images=args.images if args.images is not None or own is None else own.images,
         val_images=args.val_images if args.val_images is not None or own is None else own.val_images,
         epochs=epochs, nodes=args.nodes, precision=args.amp, batch_size=args.batch_size,
         global_batch=args.global_batch, optimizer=args.optimizer, parallel=args.parallel,
-        image_size=args.image_size or (own.image_size if own else None), network_gbit=args.network_gbit,
+        image_size=args.image_size if args.image_size is not None or own is None else own.image_size,
+        network_gbit=args.network_gbit,
         link_gbs=args.link_gbs, epoch_overhead_s=args.epoch_overhead, model_options=options,
         model_ema=args.model_ema, model_ema_steps=args.model_ema_steps, in_memory=own.in_memory if own else None,
     )  # fmt: skip
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         results = [_measured(args, counts, data, options, common)]
     else:
         results = [est.estimate(args.model, device=args.device, devices=n, **common) for n in counts]
-    if own is not None and own.catalog is None and not args.images:
+    if own is not None and own.catalog is None and args.images is None:
         results = [dataclasses.replace(e, data=own.label) for e in results]
 
     if len(results) == 1:

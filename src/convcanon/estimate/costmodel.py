@@ -87,8 +87,9 @@ PRECISION_BYTES: dict[str, int] = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_WORDS_PER_PARAM: dict[str, int] = {"sgd": 5, "adamw": 7}
 OPTIMIZER_STATE_COPIES: dict[str, int] = {"sgd": 1, "adamw": 2}
 # The weight average's update (--model-ema, ``train.ema.ModelEma``): fp32 words read and written per parameter (read the
-# average and the weight, write the average: one ``_foreach_lerp_``); it keeps one fp32 copy of the weights. Its
-# evaluation each epoch is a second pass over the validation set, priced like the model's.
+# average and the weight, write the average: one ``_foreach_lerp_``); it keeps one fp32 copy of the weights. Under data
+# parallelism each update is preceded by a broadcast of rank 0's batch-norm statistics (a small message: its latency).
+# Its evaluation each epoch is a second pass over the validation set, priced like the model's.
 EMA_WORDS_PER_PARAM = 3
 # Host time per operation in PyTorch eager mode (Python, dispatcher, autograd bookkeeping; on a GPU the asynchronous
 # kernel launch, on a CPU also the oneDNN primitive set-up of small kernels), and operations per training step per
@@ -376,24 +377,27 @@ def _predict(spec: RunSpec, w: Workload, measured: Measurement | None, notes: li
     per_image_s = measured.step_s / measured.batch_size if measured is not None else None
     share = 0.5 if parallel == "towers" else 1.0
     step = _step_time(w, dev, precision, per_device, spec.optimizer, share, per_image_s)
-    ema_s = _ema_time(spec, w, measured, share)
+    ema_s = _ema_time(spec, w, measured, share, spec.replicas)
     comm = exposed = 0.0
     if parallel == "data":
         comm = allreduce_time(w.params * GRADIENT_BYTES, spec.devices, spec.nodes, dev,
                               inter_node_gbs=spec.network_gbit / 8 if spec.network_gbit else None,
                               intra_node_gbs=spec.link_gbs)
         exposed = comm - min(OVERLAP_FRACTION * comm, step.backward_s)
-        one = step.total_s + ema_s
+        one = step.total_s + _ema_time(spec, w, measured, share, 1)
     else:
         # Both tower GPUs send their half of the crossing layers' inputs (forward) and of the gradients wrt them
         # (backward) at once, over the PCIe/NVLink link; the next layer waits for them, so nothing hides this.
         link = (spec.link_gbs or dev.intra_node_gbs) * 1e9 * LINK_EFFICIENCY
         exposed = comm = 2 * per_device * w.tower_exchange_elements * PRECISION_BYTES[precision] / link
         one = _step_time(w, dev, precision, per_device, spec.optimizer, 1.0, per_image_s).total_s
-        one += _ema_time(spec, w, measured, 1.0)
+        one += _ema_time(spec, w, measured, 1.0, 1)
         notes.append("model parallel as in Krizhevsky et al. 2012: each GPU holds one tower (half of every layer) and "
                      "runs the whole batch through it; the GPUs exchange activations at conv3 and the FC layers")
     step_s = step.total_s + exposed + ema_s
+    if spec.ema_every:
+        notes.append(f"weight EMA counted ({spec.ema_reason}): its update every {spec.ema_every} step(s), its "
+                     "evaluation beside the model's each epoch, its fp32 copy in memory")
     # Weak scaling, as Goyal et al. and Horovod measure it: the same per-device batch on one device. Two towers are
     # compared with one device running the whole model on the whole batch.
     efficiency = one / step_s if parallel == "data" else one / (2 * step_s)
@@ -419,15 +423,18 @@ def _predict(spec: RunSpec, w: Workload, measured: Measurement | None, notes: li
     )  # fmt: skip
 
 
-def _ema_time(spec: RunSpec, w: Workload, measured: Measurement | None, share: float) -> float:
+def _ema_time(spec: RunSpec, w: Workload, measured: Measurement | None, share: float, replicas: int) -> float:
     """The weight average's update per step (its time over ``--model-ema-steps``): measured, or its memory traffic
-    (EMA_WORDS_PER_PARAM fp32 words per parameter of the device's ``share``). 0 without an average."""
+    (EMA_WORDS_PER_PARAM fp32 words per parameter of the device's ``share``) plus, with data-parallel ``replicas``,
+    the broadcast of rank 0's batch-norm statistics that precedes each update (one small message: its ring latency).
+    0 without an average."""
     if not spec.ema_every:
         return 0.0
     if measured is not None and measured.ema_update_s is not None:
         return measured.ema_update_s / spec.ema_every
     traffic = share * w.params * EMA_WORDS_PER_PARAM * 4
-    return traffic / (spec.device.memory_gbs * 1e9 * MEMORY_EFFICIENCY) / spec.ema_every
+    broadcast = (replicas - 1) * RING_STEP_LATENCY_S
+    return (traffic / (spec.device.memory_gbs * 1e9 * MEMORY_EFFICIENCY) + broadcast) / spec.ema_every
 
 
 def _epoch_extras(spec: RunSpec, w: Workload, measured: Measurement | None, per_image_s: float | None,

@@ -54,6 +54,10 @@ class TrainData:
     in_memory: bool | None = None  # held in memory as train would hold it (own data); None: the catalog's
 
 
+# Standard sets whose own folder (``cifar10:PATH``...) the estimator takes as its catalog entry: only the size counts.
+STANDARD_FOLDERS = ("cifar10", "cifar100", "mnist", "fashion-mnist")
+
+
 def train_data(spec: str, image_size: int | None = None) -> TrainData:
     """Read train's ``--data`` SPEC for an estimate. Catalog names stand as they are, and a standard set's own folder
     (``cifar10:PATH``, ``mnist:PATH``...) is its catalog entry; ``synthetic:C:S:K`` is its 1,024 + 256 images; an
@@ -62,7 +66,7 @@ def train_data(spec: str, image_size: int | None = None) -> TrainData:
     image's header against this machine's memory, as ``--data-cache auto`` decides). Raises ValueError naming
     ``--data``."""
     kind = spec.partition(":")[0]
-    if spec in DATASETS or (kind in DATASETS and kind != "imagenet"):
+    if spec in DATASETS or kind in STANDARD_FOLDERS:
         return TrainData(kind, kind)
     from ..data.folder_cache import memory_plan
     from ..data.memory import SYNTHETIC_SIZE
@@ -71,6 +75,7 @@ def train_data(spec: str, image_size: int | None = None) -> TrainData:
 
     try:
         parsed = parse_data(spec, image_size=image_size)
+        tree = list_tree(parsed.path) if parsed.kind == "folder" and parsed.path is not None else None
     except (ValueError, FileNotFoundError) as err:
         problem, _, forms = str(err).partition("\n")
         raise ValueError(f"--data {spec!r}: {problem}; the estimator's catalog: {', '.join(DATASETS)}"
@@ -78,11 +83,13 @@ def train_data(spec: str, image_size: int | None = None) -> TrainData:
     shape = dict(image_size=parsed.image_size, num_classes=parsed.num_classes, in_chans=parsed.in_chans)
     if parsed.kind == "synthetic":
         return TrainData(spec, None, SYNTHETIC_SIZE, SYNTHETIC_SIZE // 4, in_memory=True, **shape)
-    if parsed.kind != "folder" or parsed.path is None:  # a standard set in its default place
+    if tree is None:  # a standard set in its default place
         return TrainData(parsed.kind, parsed.kind)
-    tree = list_tree(parsed.path)
     train, val = tree.files["train"], tree.files["val"]
-    held = memory_plan(train[0][0], len(train) + len(val), "auto", "auto")[0]
+    try:
+        held = memory_plan(train[0][0], len(train) + len(val), "auto", "auto")[0]
+    except OSError:  # a first file whose header cannot be read: train streams the tree (and its scan names the file)
+        held = False
     return TrainData(spec, None, len(train), len(val), in_memory=held, **shape)
 
 

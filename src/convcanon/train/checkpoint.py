@@ -44,6 +44,15 @@ REQUIRED_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng",
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best.pt"
 
+
+def model_weights(path: Path, state: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The model weights a checkpoint file stands for: ``best.pt``'s are those that scored the run's best evaluation,
+    the model's or its weight average's (``metrics["best_weights"]``, --model-ema); any other checkpoint's are its
+    model's."""
+    if Path(path).name == BEST_NAME and state.get("metrics", {}).get("best_weights") == "ema" and "ema" in state:
+        return state["ema"]["module"]
+    return state["model"]
+
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 # The error torch.load(weights_only=True) raises when a pickle names a global it will not import (or an opcode it
 # will not run); stable wording since torch 1.13.

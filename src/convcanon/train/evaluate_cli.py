@@ -26,7 +26,7 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
         best = path / "checkpoints" / "best.pt"
         if best.exists():
             state = ckpt.load_checkpoint(best)
-            return _scored_weights(state), state["config"], path
+            return ckpt.model_weights(best, state), state["config"], path
         found = ckpt.load_latest(path)
         if found is not None:
             return found[0]["model"], found[0]["config"], path
@@ -48,16 +48,8 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
         return weights.state, {"model": rec["model"], "model_options": options, "data": rec["data"],
                                "image_size": rec["preprocessing"]["crop"]}, path.parent
     state = ckpt.load_checkpoint(path)
-    weights = _scored_weights(state) if path.name == ckpt.BEST_NAME else state["model"]
+    weights = ckpt.model_weights(path, state)
     return weights, state["config"], path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-def _scored_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights of ``best.pt`` that scored the run's best evaluation: the model's, or its weight average's when the
-    average scored it (``best_weights``, --model-ema)."""
-    if state.get("metrics", {}).get("best_weights") == "ema" and "ema" in state:
-        return state["ema"]["module"]
-    return state["model"]
 
 
 @dataclass

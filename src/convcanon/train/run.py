@@ -349,7 +349,7 @@ class Run:
         if end_of_epoch:
             self._evaluate_and_save()
         elif reached_max or checkpoint_now:
-            self._save(position, self.epoch, {"best_top1": self.best_top1})
+            self._save(position, self.epoch, self._best())
         return reached_max
 
     def _stop_on_signal(self, position: int) -> None:
@@ -357,7 +357,7 @@ class Run:
         run ends, resumable."""
         if self.saved_step != self.step:
             self._check_finite()
-            self._save(position, self.epoch, {"best_top1": self.best_top1})
+            self._save(position, self.epoch, self._best())
         self.progress.close()
         raise RunInterrupted(self.signals.received or signal.SIGTERM, self.step, self.run_dir)
 
@@ -415,9 +415,12 @@ class Run:
         self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, final))
         if ema:
             self.progress.write(eval_line(self.epoch + 1, self.plan.epochs, self.step, ema, "EMA "))
-        metrics = {**final, "best_top1": self.best_top1, "best_weights": self.best_weights,
-                   **({"ema": ema} if ema else {})}
+        metrics = {**final, **self._best(), **({"ema": ema} if ema else {})}
         self._save(0, self.epoch + 1, metrics, best=is_best)
+
+    def _best(self) -> dict[str, Any]:
+        """The best evaluation so far, as every checkpoint keeps it for a resumed run."""
+        return {"best_top1": self.best_top1, "best_weights": self.best_weights}
 
     def _save(self, batch_in_epoch: int, epoch: int, metrics: dict[str, Any], best: bool = False) -> None:
         self.saved_step = self.step

@@ -118,8 +118,8 @@ def _from_safetensors(path: Path) -> Weights:
 
 
 def _from_checkpoint(path: Path, payload: dict[str, Any]) -> Weights:
-    if isinstance(payload.get("weights"), dict):
-        return Weights(payload["model"], payload["weights"], path, [])
+    if isinstance(payload.get("weights"), dict):  # best.pt: the weights that scored the best evaluation
+        return Weights(ckpt.model_weights(path, payload), payload["weights"], path, [])
     config = payload["config"]
     record = _old_record(config["model"], dict(config.get("model_options") or {}), payload["model"],
                          list(payload["classes"]))
