@@ -562,6 +562,7 @@ def test_train_data_reads_trains_data_specs_without_decoding(tmp_path, capsys):
     assert (e["data"], e["train_images"], e["input_size"], e["model_ema"]) == (f"folder:{tree}", 12, "3x32x32", False)
     plain = estimate("resnet20", images=12, val_images=6, image_size=32, device="cpu", batch_size=4,
                      model_options={"num_classes": 3}, in_memory=True)
+    assert plain.data == "your data"  # --images alone: the table says "of your data (12 images)", the count once
     assert e["total_s"] == pytest.approx(plain.total_s) and e["memory"]["total_gib"] == pytest.approx(
         plain.memory.total_gib)
     measured = row("--data", str(tree), "--image-size", "32", "--measure", "--measure-seconds", "0.05",

@@ -120,9 +120,8 @@ def _rows(e) -> list[dict[str, object]]:
     util = f" ({e.utilization:.0%} of peak)" if e.utilization is not None else ""
     rows = [
         ("model", f"{e.model} at {e.input_size}, {e.gflops_per_image:.3g} GFLOPs per training image"),
-        ("run", f"{e.epochs:g} epoch{'' if e.epochs == 1 else 's'} of "
-                + (f"{e.train_images:,} images" if e.data == f"{e.train_images} images" else
-                   f"{e.data} ({e.train_images:,} images)") + f", {e.optimizer}"),
+        ("run", f"{e.epochs:g} epoch{'' if e.epochs == 1 else 's'} of {e.data} ({e.train_images:,} images), "
+                f"{e.optimizer}"),
         ("devices", f"{e.devices} x {e.device} on {e.nodes} node(s), {e.precision}, {e.parallel} parallel"),
         ("batch", f"{e.global_batch:,} global, {e.per_device_batch:,} per device"),
         ("throughput", f"{e.images_per_s:,.1f} images/s, {e.achieved_tflops:.3g} TFLOP/s per device{util}"),

@@ -226,7 +226,7 @@ class RunSpec:
     """A run's settings as checked and resolved by :func:`run_spec`."""
 
     model: str
-    data: str  # the data set's name, or "N images"
+    data: str  # the data set's name, or "your data" for --images N
     in_memory: bool  # the data set is held in memory (no loader restart per epoch)
     train_images: int
     val_images: int
@@ -276,7 +276,7 @@ def run_spec(model: str, *, data: str | None, images: int | None, val_images: in
                          "epoch; lower --devices or --batch-size")
     val = val_images if val_images is not None else (dataset.val_images if dataset and images is None else 0)
     return RunSpec(
-        model=model, data=dataset.name if dataset and images is None else f"{train_images} images",
+        model=model, data=dataset.name if dataset and images is None else "your data",
         in_memory=in_memory if in_memory is not None else dataset is not None and dataset.in_memory,
         train_images=train_images, val_images=val,
         epochs=epochs, device=dev, precision=resolved, devices=devices, nodes=nodes, parallel=parallel,
